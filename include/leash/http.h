@@ -1,0 +1,61 @@
+/* leash HTTP adapter: pools of libcurl easy handles that keep their connections alive. */
+#ifndef LEASH_HTTP_H
+#define LEASH_HTTP_H
+
+#include <curl/curl.h>
+#include <leash/leash.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The adapter table behind leash_http_pool, for leash_conn_of. */
+LEASH_EXPORT extern const leash_adapter leash_http_adapter;
+
+typedef struct leash_http_options { /* zero: default */
+    int connect_timeout_ms;         /* 5000 */
+    int timeout_ms;                 /* 30000, the whole request */
+    size_t max_body;                /* 8 MiB; a larger body is an error */
+    const char *const *headers;     /* NULL-terminated "Name: value" list sent with every request; copied */
+    const char *ca_file;            /* NULL: the system's CAs */
+    int insecure;                   /* 1: no TLS verification (explicit, and shown in dumps) */
+} leash_http_options;
+
+/* Opens a pool of HTTP clients for base_url (http:// or https://, host, optional port and
+ * path prefix; no trailing '/' needed). Checked at once: a malformed URL returns NULL with
+ * LEASH_EINVAL. opts NULL: pool defaults. Copies its arguments. */
+LEASH_EXPORT leash_pool *leash_http_pool(const char *name, const char *base_url,
+                                         const leash_pool_options *opts);
+/* The same with adapter options (http NULL: defaults). */
+LEASH_EXPORT leash_pool *leash_http_pool_with(const char *name, const char *base_url,
+                                              const leash_pool_options *opts,
+                                              const leash_http_options *http);
+/* The curl easy handle of a held HTTP handle, or NULL (h NULL, not held, not HTTP).
+ * Borrowed; options set on it apply until release, when it is reset to the pool's
+ * defaults (the live connection is kept). */
+LEASH_EXPORT CURL *leash_http(leash_handle *h);
+
+typedef struct leash_http_response {
+    long status;
+    char *body; /* NUL-terminated; owned by the response: leash_http_response_free */
+    size_t len;
+} leash_http_response;
+
+/* GET base_url + path. An HTTP status (404, 500 ...) is a response, not an error.
+ * Returns LEASH_OK and fills *out; or LEASH_EINVAL (bad handle, NULL out, path with
+ * spaces or control characters), LEASH_EIO (transport failure: h is marked broken; or a
+ * body over max_body), LEASH_ETIMEDOUT; then out->body is NULL and out->len 0. */
+LEASH_EXPORT leash_status leash_http_get(leash_handle *h, const char *path,
+                                         leash_http_response *out);
+/* Any method with an optional body (body NULL: none; len bytes are sent). As _get. */
+LEASH_EXPORT leash_status leash_http_request(leash_handle *h, const char *method,
+                                             const char *path, const char *body, size_t len,
+                                             leash_http_response *out);
+/* Frees r's body and zeroes it; NULL is a no-op. */
+LEASH_EXPORT void leash_http_response_free(leash_http_response *r);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LEASH_HTTP_H */

@@ -1,0 +1,225 @@
+/* leash core API: one process-wide manager, named pools of opaque connections,
+ * handles that record their borrow site, scope guards, leak counters and stats. */
+#ifndef LEASH_LEASH_H
+#define LEASH_LEASH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define LEASH_EXPORT
+#elif defined(__GNUC__) || defined(__clang__)
+#define LEASH_EXPORT __attribute__((visibility("default")))
+#else
+#define LEASH_EXPORT
+#endif
+
+#define LEASH_VERSION "0.1.0"
+
+/* Longest pool name, in bytes, without the terminating NUL. A longer name is refused
+ * with LEASH_EINVAL, never truncated. */
+#define LEASH_NAME_MAX 63
+
+/* Status codes. Numbered and append-only; 0 is success. */
+typedef enum {
+    LEASH_OK = 0,
+    LEASH_ETIMEDOUT, /* no handle became free before the deadline */
+    LEASH_EBUSY,     /* the pool already has max_waiters threads waiting */
+    LEASH_ECONNECT,  /* the adapter could not make a connection */
+    LEASH_EINVAL,    /* an argument is invalid (NULL, negative, malformed target, ...) */
+    LEASH_ECLOSED,   /* the pool is closed */
+    LEASH_ENOMEM,    /* out of memory */
+    LEASH_EEXIST,    /* already exists (pool name, or leash_init after initialisation) */
+    LEASH_ENOTFOUND, /* no such pool */
+    LEASH_EMISUSE,   /* the handle is not checked out (double release, idle handle) */
+    LEASH_EIO        /* a request failed on the connection (it was marked broken) */
+} leash_status;
+
+/* A static, human-readable string for s; "unknown status" for values out of range. */
+LEASH_EXPORT const char *leash_strerror(leash_status s);
+/* This thread's last failure, left alone by successful calls (like errno); LEASH_OK if none. */
+LEASH_EXPORT leash_status leash_last_status(void);
+/* The message of this thread's last failure, with detail; "" if none. Valid until this
+ * thread's next failing leash call. Never contains a password. */
+LEASH_EXPORT const char *leash_last_error(void);
+
+/* ---- manager ---------------------------------------------------------------------- */
+
+typedef struct leash_config {
+    int strict;       /* -1: from LEASH_STRICT (default), 0 off, 1 on */
+    int stats_signal; /* -1: from LEASH_STATS_SIGNAL=USR1|USR2 (default), 0 none, >0 that signal */
+    int stats_fd;     /* where dumps go; -1: stderr (default, or LEASH_STATS_FILE) */
+} leash_config;
+#define LEASH_CONFIG_DEFAULT ((leash_config){.strict = -1, .stats_signal = -1, .stats_fd = -1})
+
+/* Initialises the process-wide manager from cfg (NULL: LEASH_CONFIG_DEFAULT). Optional:
+ * any other call initialises it with the defaults. The first initialisation wins; a later
+ * call returns LEASH_EEXIST and changes nothing. stats_fd is borrowed, never closed. */
+LEASH_EXPORT leash_status leash_init(const leash_config *cfg);
+/* Closes every pool (reporting handles still out on the dump fd), stops every thread
+ * leash started, restores the stats signal and frees everything. Handles and pools are
+ * invalid afterwards. The next leash call initialises again, re-reading the environment.
+ * No other thread may use leash while this runs. Safe to call when not initialised. */
+LEASH_EXPORT void leash_shutdown(void);
+/* 1 when strict release checking is on, else 0. */
+LEASH_EXPORT int leash_strict(void);
+
+/* level: 0 debug, 1 info, 2 warn, 3 error. msg never contains a password. */
+typedef void (*leash_log_fn)(int level, const char *msg, void *arg);
+#define LEASH_LOG_DEBUG 0
+#define LEASH_LOG_INFO 1
+#define LEASH_LOG_WARN 2
+#define LEASH_LOG_ERROR 3
+/* Routes leash's messages to fn (called from any thread, never from a signal handler).
+ * fn NULL restores the default: warnings and errors to stderr, rate-limited. */
+LEASH_EXPORT void leash_set_log(leash_log_fn fn, void *arg);
+
+/* ---- adapters ---------------------------------------------------------------------- */
+
+/* An adapter: how to make, check, clean and drop one connection.
+ * ctx is the pool's adapter context (leash_pool_open_with), NULL otherwise.
+ * The core never calls an adapter function with a pool lock held. */
+enum {
+    LEASH_RESET_CLEAN = 0,   /* reusable as it is */
+    LEASH_RESET_CLEANED = 1, /* the borrower left state behind; cleaned, reusable (dirty_returns) */
+    LEASH_RESET_DIRTY = 2,   /* the borrower left state behind; cannot clean: destroy (dirty_returns) */
+    LEASH_RESET_BROKEN = -1  /* the connection failed (I/O, server gone): destroy, not the borrower's fault */
+};
+typedef struct leash_adapter {
+    const char *kind; /* "redis", "pg", "http", ... */
+    /* Returns a new connection, or NULL with a message (no password) in err. Required. */
+    void *(*connect)(void *ctx, const char *target, char *err, size_t errlen);
+    int (*validate)(void *ctx, void *conn); /* 0 alive; optional (NULL: always alive) */
+    int (*reset)(void *ctx, void *conn);    /* on release: a LEASH_RESET_* value; optional */
+    void (*destroy)(void *ctx, void *conn); /* required */
+    void (*abandon)(void *ctx, void *conn); /* in a forked child: free without touching the wire;
+                                               optional (NULL: the connection is leaked) */
+    void (*describe)(void *ctx, const char *target, char *out, size_t outlen);
+    /* password-free target for dumps and errors; optional
+       (NULL: the core removes URL userinfo passwords and password=...) */
+    void (*ctx_free)(void *ctx); /* when the pool is freed; optional */
+} leash_adapter;
+
+typedef struct leash_pool_options { /* zero means "default" for every field; negative is invalid */
+    int max_size;                   /* 10 */
+    int min_idle;                   /* 0 */
+    int acquire_timeout_ms;         /* 1000 */
+    int max_waiters;                /* 0: unbounded; else acquire fails fast with LEASH_EBUSY */
+    int idle_timeout_ms;            /* 600000; idle connections above min_idle are closed */
+    int max_lifetime_ms;            /* 1800000; older connections are replaced when idle */
+    int validate_idle_ms;           /* 500; validate on acquire when idle longer than this */
+    int leak_threshold_ms;          /* 0: off; held longer than this counts a suspected leak */
+} leash_pool_options;
+
+typedef struct leash_pool leash_pool;
+typedef struct leash_handle leash_handle;
+
+/* Opens a pool named name (1..LEASH_NAME_MAX bytes, unique among open pools) over adapter,
+ * which must outlive the pool. target and opts are copied; opts NULL means all defaults.
+ * No connection is made until the first acquire, unless min_idle asks for warm ones.
+ * Returns NULL on failure (LEASH_EINVAL, LEASH_EEXIST, LEASH_ENOMEM; see leash_last_error). */
+LEASH_EXPORT leash_pool *leash_pool_open(const char *name, const leash_adapter *adapter,
+                                         const char *target, const leash_pool_options *opts);
+/* The same with an adapter context: the pool owns ctx from here on, failure included
+ * (adapter->ctx_free is called when the pool is freed, or at once on failure). */
+LEASH_EXPORT leash_pool *leash_pool_open_with(const char *name, const leash_adapter *adapter,
+                                              void *ctx, const char *target,
+                                              const leash_pool_options *opts);
+/* The open pool named name, or NULL (LEASH_ENOTFOUND, or LEASH_EINVAL for a NULL name). */
+LEASH_EXPORT leash_pool *leash_pool_get(const char *name);
+/* Closes pool: unregisters its name, wakes waiters with LEASH_ECLOSED, destroys idle
+ * connections, and reports each handle still borrowed on the dump fd (counted
+ * leaks_at_close) without waiting for it. The pool stays valid for stats until
+ * leash_shutdown; a late release destroys its connection. NULL is a no-op. */
+LEASH_EXPORT void leash_pool_close(leash_pool *pool);
+/* The pool's name ("" for NULL). Borrowed; valid until leash_shutdown. */
+LEASH_EXPORT const char *leash_pool_name(const leash_pool *pool);
+
+/* ---- handles ----------------------------------------------------------------------- */
+
+/* Borrows a connection from pool, waiting up to timeout_ms (-1: the pool's
+ * acquire_timeout_ms, 0: no wait). file, line and func record the borrow site (use the
+ * macros below). Returns the handle, or NULL with leash_last_status() set to
+ * LEASH_ETIMEDOUT, LEASH_EBUSY, LEASH_ECONNECT, LEASH_ECLOSED or LEASH_EINVAL. */
+LEASH_EXPORT leash_handle *leash_acquire_at(leash_pool *pool, int timeout_ms, const char *file,
+                                            int line, const char *func);
+#define leash_acquire(pool) leash_acquire_at((pool), -1, __FILE__, __LINE__, __func__)
+#define leash_acquire_for(pool, ms) leash_acquire_at((pool), (ms), __FILE__, __LINE__, __func__)
+
+/* Returns *h to its pool (the adapter's reset decides whether it is reused) and sets
+ * *h = NULL. h NULL or *h NULL is a no-op. Releasing a handle that is not checked out is
+ * misuse: counted and logged (strict mode: reported, then abort()). */
+LEASH_EXPORT void leash_release(leash_handle **h);
+/* Like leash_release, but the connection is broken: it is destroyed, never reused, and
+ * counted discarded. Sets *h = NULL; NULL is a no-op. */
+LEASH_EXPORT void leash_discard(leash_handle **h);
+/* The adapter's connection object of a checked-out handle. Borrowed; valid until the
+ * handle is released. NULL for NULL; NULL (and misuse) for a handle not checked out. */
+LEASH_EXPORT void *leash_conn(leash_handle *h);
+/* The same, but NULL (without misuse) unless h is held and from a pool of that adapter. */
+LEASH_EXPORT void *leash_conn_of(leash_handle *h, const leash_adapter *adapter);
+/* Its connection failed: its release destroys it (no reset, not counted dirty). */
+LEASH_EXPORT void leash_mark_broken(leash_handle *h);
+/* The pool h was borrowed from, or NULL. */
+LEASH_EXPORT leash_pool *leash_handle_pool(leash_handle *h);
+
+/* Scope guards (GCC and Clang only: they use the cleanup attribute).
+ *   LEASH_GUARD leash_handle *h = leash_acquire(pool);
+ * asserts that h was released (or discarded) before its scope ends: if not, strict mode
+ * reports the borrow site and aborts; default mode reclaims the handle (reset, or
+ * destroyed when it cannot be reset) and counts leaks_reclaimed.
+ *   LEASH_AUTO leash_handle *h = leash_acquire(pool);
+ * is plain RAII: the handle is released at scope exit, nothing counted.
+ * A guarded variable must always be initialised (NULL is fine). LEASH_TAKE(h) moves the
+ * handle out of a guarded variable (returns it and sets the variable to NULL). */
+LEASH_EXPORT void leash__guard_check(leash_handle **h);
+LEASH_EXPORT void leash__guard_release(leash_handle **h);
+#if defined(__GNUC__) || defined(__clang__)
+#define LEASH_GUARD __attribute__((__cleanup__(leash__guard_check)))
+#define LEASH_AUTO __attribute__((__cleanup__(leash__guard_release)))
+#define LEASH_TAKE(h)                                                                          \
+    __extension__({                                                                            \
+        leash_handle *leash__taken_ = (h);                                                     \
+        (h) = NULL;                                                                            \
+        leash__taken_;                                                                         \
+    })
+#endif
+
+/* ---- stats ------------------------------------------------------------------------- */
+
+typedef struct leash_pool_stats {
+    const char *name, *kind; /* borrowed from the pool; valid until leash_shutdown */
+    uint32_t max_size, size, in_use, idle, waiting;
+    uint64_t created, destroyed, acquired, released, timeouts, rejected, connect_failures,
+        validation_failures, discarded, dirty_returns, leaks_reclaimed, leaks_suspected,
+        leaks_at_close, returned_late, misuse;
+    uint64_t wait_ns_total, wait_ns_max, hold_ns_total, hold_ns_max;
+} leash_pool_stats;
+
+/* Fills *out with pool's counters (a consistent view once the pool is quiet).
+ * LEASH_EINVAL for NULL arguments. */
+LEASH_EXPORT leash_status leash_pool_stats_get(leash_pool *pool, leash_pool_stats *out);
+/* leaks_reclaimed + leaks_suspected + leaks_at_close; 0 for NULL. */
+LEASH_EXPORT uint64_t leash_pool_leaks(leash_pool *pool);
+
+typedef enum { LEASH_FORMAT_TEXT, LEASH_FORMAT_JSON, LEASH_FORMAT_PROMETHEUS } leash_format;
+/* Writes every pool's counters and every held handle (grouped by borrow site) to fd.
+ * Async-signal-safe: takes no lock, allocates nothing. A text dump also shows what
+ * changed since the previous text dump, and becomes the new baseline; JSON and
+ * Prometheus dumps do not move it. Returns 0, or -1 on a write error or bad argument. */
+LEASH_EXPORT int leash_stats_dump(int fd, leash_format fmt);
+/* Handles checked out right now, all pools. */
+LEASH_EXPORT int leash_outstanding(void);
+/* Writes a report of every held handle (pool, borrow site, thread, age) to fd (-1: the
+ * dump fd) and returns their count. For test teardowns: assert it returns 0. */
+LEASH_EXPORT int leash_check_leaks(int fd);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LEASH_LEASH_H */

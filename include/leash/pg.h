@@ -1,0 +1,57 @@
+/* leash PostgreSQL adapter: pools of libpq connections. */
+#ifndef LEASH_PG_H
+#define LEASH_PG_H
+
+#include <leash/leash.h>
+#include <libpq-fe.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The adapter table behind leash_pg_pool, for leash_conn_of. */
+LEASH_EXPORT extern const leash_adapter leash_pg_adapter;
+
+typedef struct leash_pg_options { /* zero: default */
+    const char *init_sql;         /* run on every new connection, and again after reset_sql
+                                     (e.g. "SET search_path TO app"); if it fails, the connect fails */
+    const char *reset_sql;        /* run on every release after any rollback (e.g. "DISCARD ALL");
+                                     off by default; routine, so not counted dirty */
+    const char *application_name; /* used when the conninfo names none; default "leash" */
+} leash_pg_options;
+
+/* Opens a pool of PostgreSQL connections. conninfo is any libpq conninfo string or URI
+ * (multi-host, target_session_attrs, sslmode ... pass through); it is parsed at once and a
+ * malformed one returns NULL with LEASH_EINVAL (the message never holds the password).
+ * opts NULL: pool defaults. Copies its arguments. */
+LEASH_EXPORT leash_pool *leash_pg_pool(const char *name, const char *conninfo,
+                                       const leash_pool_options *opts);
+/* The same with adapter options (pg NULL: defaults); the strings are copied. */
+LEASH_EXPORT leash_pool *leash_pg_pool_with(const char *name, const char *conninfo,
+                                            const leash_pool_options *opts,
+                                            const leash_pg_options *pg);
+/* The libpq connection of a held PostgreSQL handle, or NULL (h NULL, not held, not pg).
+ * Borrowed; valid until release. */
+LEASH_EXPORT PGconn *leash_pg(leash_handle *h);
+/* Runs sql on h's connection. Returns libpq's result even for an SQL error (check
+ * PQresultStatus; the caller PQclear()s it, or uses LEASH_RESULT), or NULL when there is
+ * no result at all: LEASH_EINVAL for a bad handle or NULL sql, LEASH_EIO for a connection
+ * failure (h is marked broken); leash_last_error() says what happened. */
+LEASH_EXPORT PGresult *leash_pg_exec(leash_handle *h, const char *sql);
+/* The same with text parameters $1..$nparams (values may hold NULLs for SQL NULL);
+ * uses the unnamed statement, so it works behind pgbouncer's transaction pooling. */
+LEASH_EXPORT PGresult *leash_pg_params(leash_handle *h, const char *sql, int nparams,
+                                       const char *const *values);
+
+/* LEASH_RESULT PGresult *r = leash_pg_exec(h, "...");  PQclear()s r at scope exit.
+ * GCC and Clang only. */
+LEASH_EXPORT void leash__result_clear(PGresult **r);
+#if defined(__GNUC__) || defined(__clang__)
+#define LEASH_RESULT __attribute__((__cleanup__(leash__result_clear)))
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LEASH_PG_H */

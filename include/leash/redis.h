@@ -1,0 +1,51 @@
+/* leash Redis adapter: pools of hiredis connections. */
+#ifndef LEASH_REDIS_H
+#define LEASH_REDIS_H
+
+#include <hiredis/hiredis.h>
+#include <leash/leash.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The adapter table behind leash_redis_pool, for leash_conn_of. */
+LEASH_EXPORT extern const leash_adapter leash_redis_adapter;
+
+/* Opens a pool of Redis connections to url:
+ *   redis://[[user]:password@]host[:port][/db][?connect_timeout_ms=N&command_timeout_ms=N]
+ *   unix:///path/redis.sock[?db=N&connect_timeout_ms=N&command_timeout_ms=N]
+ * host is a name, an IPv4 address or a bracketed IPv6 address; port 1..65535 (6379);
+ * db >= 0; connect_timeout_ms defaults to 2000, command_timeout_ms to 5000.
+ * The URL is checked at once: a malformed one returns NULL with LEASH_EINVAL and a
+ * message naming the bad part (never the password). opts NULL: pool defaults. */
+LEASH_EXPORT leash_pool *leash_redis_pool(const char *name, const char *url,
+                                          const leash_pool_options *opts);
+/* The hiredis context of a held Redis handle, or NULL (h NULL, not held, not Redis).
+ * Borrowed; valid until release. Raw use is allowed; the release then checks the
+ * connection fully (unread replies, unsent output). Raw calls follow hiredis's rules
+ * (SIGPIPE included). */
+LEASH_EXPORT redisContext *leash_redis(leash_handle *h);
+/* printf-style command like redisCommand on h's connection. Returns the reply (the
+ * caller frees it: freeReplyObject, or LEASH_REPLY), or NULL: LEASH_EINVAL for a bad
+ * handle or format, LEASH_EIO for a connection failure and LEASH_ETIMEDOUT for a timeout
+ * (both mark h broken); leash_last_error() says what happened. A Redis error reply
+ * (REDIS_REPLY_ERROR) is a reply, not a failure. */
+LEASH_EXPORT redisReply *leash_redis_command(leash_handle *h, const char *fmt, ...)
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* LEASH_REPLY redisReply *r = leash_redis_command(h, "GET k");  frees r at scope exit.
+ * GCC and Clang only. */
+LEASH_EXPORT void leash__reply_free(redisReply **r);
+#if defined(__GNUC__) || defined(__clang__)
+#define LEASH_REPLY __attribute__((__cleanup__(leash__reply_free)))
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LEASH_REDIS_H */

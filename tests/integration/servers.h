@@ -1,0 +1,25 @@
+/* Where the real test servers started by tests/servers.sh listen, and how tests drive them. */
+#ifndef LEASH_TEST_SERVERS_H
+#define LEASH_TEST_SERVERS_H
+
+/* Fixed loopback ports (unusual on purpose); tests/servers.d/*.sh use the same numbers. */
+#define SRV_REDIS_PORT 16379        /* no password */
+#define SRV_REDIS_AUTH_PORT 16380   /* requirepass SRV_REDIS_PASSWORD; ACL user app/app-pw */
+#define SRV_REDIS_PASSWORD "leash-redis-pw"
+#define SRV_PG_PORT 15432           /* role leash / SRV_PG_PASSWORD (scram), database leash */
+#define SRV_PG_PASSWORD "leash-pg-pw"
+#define SRV_PGBOUNCER_PORT 16432    /* pgbouncer, transaction pooling, in front of SRV_PG_PORT */
+#define SRV_HTTP_PORT 18080         /* nginx, plain HTTP */
+#define SRV_HTTPS_PORT 18443        /* nginx, TLS with a certificate signed by srv_path("nginx/ca.pem") */
+
+/* The servers' folder: $LEASH_SERVERS_DIR, default /tmp/leash-servers. */
+const char *srv_dir(void);
+/* srv_dir() + "/" + rel, in a static buffer per call site's copy: copy it if you keep it. */
+const char *srv_path(const char *rel);
+/* Runs "tests/servers.sh ACTION SERVER" ($LEASH_SERVERS_SH); returns its exit status,
+ * or -1 if it could not be run. E.g. srv_ctl("restart", "redis"). */
+int srv_ctl(const char *action, const char *server);
+/* Sends sig to the pid in srv_path(pidfile_rel); returns 0 on success. */
+int srv_signal(const char *pidfile_rel, int sig);
+
+#endif
