@@ -1,0 +1,50 @@
+/* Internal helpers shared by the core and the adapters: errors, logging, redaction, time. */
+#ifndef LEASH_COMMON_H
+#define LEASH_COMMON_H
+
+#include <leash/leash.h>
+
+#include <stdarg.h>
+#include <stdint.h>
+
+#if defined(__GNUC__) || defined(__clang__)
+#define LEASH_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#define LEASH_LIKELY(x) __builtin_expect(!!(x), 1)
+#define LEASH_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define LEASH_PRINTF(f, a)
+#define LEASH_LIKELY(x) (x)
+#define LEASH_UNLIKELY(x) (x)
+#endif
+
+/* Size of the per-thread error message buffer, NUL included. */
+#define LEASH_ERR_MAX 512
+
+/* Records s and a message as this thread's last failure and returns s. The message must
+ * already be free of passwords. */
+leash_status leash__fail(leash_status s, const char *fmt, ...) LEASH_PRINTF(2, 3);
+/* The same, returning NULL, for functions that return a pointer. */
+void *leash__fail_null(leash_status s, const char *fmt, ...) LEASH_PRINTF(2, 3);
+
+/* Sends a message to the log callback (default: warn and error to stderr, rate-limited). */
+void leash__log(int level, const char *fmt, ...) LEASH_PRINTF(2, 3);
+/* Logs at most once per key (e.g. a call site's __FILE__ pointer and line); returns 1 if
+ * it logged. */
+int leash__log_once(const void *key, int line, int level, const char *fmt, ...)
+    LEASH_PRINTF(4, 5);
+
+/* Copies in to out (outlen bytes, always NUL-terminated) with passwords removed: URL
+ * userinfo passwords (scheme://user:secret@host -> scheme://user:***@host) and
+ * password=... / password='...' key-value pairs. */
+void leash__redact(const char *in, char *out, size_t outlen);
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+uint64_t leash__now_ns(void);
+/* CLOCK_MONOTONIC_COARSE in nanoseconds (a few ms resolution, far cheaper). */
+uint64_t leash__coarse_ns(void);
+
+/* Makes sure the manager is initialised (adapters call this from their pool functions);
+ * returns LEASH_OK or the failure (already recorded). */
+leash_status leash__ensure_init(void);
+
+#endif /* LEASH_COMMON_H */
