@@ -10,6 +10,10 @@
 #   /error        500 (`return 500`)
 #   /echo         POST: answers "METHOD LENGTH BODY" (the body, when small, is passed back)
 #   /slow         the 1 MiB file at 16 KiB/s (about a minute), for timeouts
+#   /chunked      the 1 MiB file, chunked (no Content-Length), through sub_filter
+#   /headers      answers "User-Agent|X-Leash|Cookie" as received
+#   /cookie       sets the cookie leash=c00kie and answers the Cookie header it received
+#   /prefix/NAME  the same files under a path prefix
 #   /redirect     302 to http://127.0.0.1:18080/small (plain http: leash must not follow it)
 #   /status       nginx stub_status (connections accepted, handled, requests)
 # Keep-alive is on with a high keepalive_requests, so a pooled handle keeps one connection.
@@ -84,6 +88,17 @@ http {
         root $d/www;
 
         location = /error { return 500; }
+        location = /headers { return 200 "\$http_user_agent|\$http_x_leash|\$http_cookie"; }
+        location = /cookie {
+            add_header Set-Cookie "leash=c00kie; Path=/";
+            return 200 "\$http_cookie";
+        }
+        location /prefix/ { alias $d/www/; }
+        location = /chunked {
+            sub_filter_types *;
+            sub_filter "leash-no-such-text" "x";
+            try_files /large =404;
+        }
         location = /redirect { return 302 http://127.0.0.1:18080/small; }
         location = /status { stub_status; }
         location = /slow {
