@@ -1,0 +1,182 @@
+/* The in-test adapter and helpers shared by the unit tests. */
+#include "fake.h"
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+struct fake_stats fake;
+_Atomic int fake_fail_connect;
+_Atomic int fake_connect_delay_ms;
+_Atomic int fake_validate_result;
+static _Atomic int next_id;
+
+void fake_reset(void)
+{
+    memset(&fake, 0, sizeof fake);
+    fake_fail_connect = 0;
+    fake_connect_delay_ms = 0;
+    fake_validate_result = 0;
+}
+
+void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+static void *f_connect(void *ctx, const char *target, char *err, size_t errlen)
+{
+    (void)ctx;
+    int d = fake_connect_delay_ms;
+    if (d)
+        sleep_ms(d);
+    if (fake_fail_connect) {
+        fake.connect_fails++;
+        /* A real adapter's message may quote its target: the core must redact it. */
+        snprintf(err, errlen, "fake refused %s", target);
+        return NULL;
+    }
+    struct fake_conn *c = calloc(1, sizeof *c);
+    c->id = ++next_id;
+    fake.connects++;
+    fake.live++;
+    return c;
+}
+
+static int f_validate(void *ctx, void *conn)
+{
+    (void)ctx;
+    struct fake_conn *c = conn;
+    fake.validates++;
+    return c->dead ? -1 : fake_validate_result;
+}
+
+static int f_reset(void *ctx, void *conn)
+{
+    (void)ctx;
+    struct fake_conn *c = conn;
+    fake.resets++;
+    return atomic_exchange(&c->dirty, 0);
+}
+
+static void f_destroy(void *ctx, void *conn)
+{
+    (void)ctx;
+    fake.destroys++;
+    fake.live--;
+    free(conn);
+}
+
+static void f_abandon(void *ctx, void *conn)
+{
+    (void)ctx;
+    fake.abandons++;
+    fake.live--;
+    free(conn);
+}
+
+static void f_describe(void *ctx, const char *target, char *out, size_t outlen)
+{
+    (void)ctx;
+    fake.describes++;
+    snprintf(out, outlen, "fake:%.*s", (int)strcspn(target, "?"), target);
+}
+
+static void f_ctx_free(void *ctx)
+{
+    fake.ctx_frees++;
+    free(ctx);
+}
+
+const leash_adapter fake_adapter = {
+    .kind = "fake",
+    .connect = f_connect,
+    .validate = f_validate,
+    .reset = f_reset,
+    .destroy = f_destroy,
+    .abandon = f_abandon,
+};
+
+const leash_adapter fake_adapter_described = {
+    .kind = "fake2",
+    .connect = f_connect,
+    .validate = f_validate,
+    .reset = f_reset,
+    .destroy = f_destroy,
+    .abandon = f_abandon,
+    .describe = f_describe,
+    .ctx_free = f_ctx_free,
+};
+
+char *slurp_fd(int fd)
+{
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (n + 1024 > cap)
+            buf = realloc(buf, cap *= 2);
+        ssize_t r = read(fd, buf + n, cap - n - 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        n += (size_t)r;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+int run_child(void (*fn)(void *), void *arg, char **err)
+{
+    int pfd[2];
+    if (pipe(pfd) != 0)
+        return -1;
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(pfd[0]);
+        dup2(pfd[1], 2);
+        fn(arg);
+        _exit(0);
+    }
+    close(pfd[1]);
+    char *out = slurp_fd(pfd[0]);
+    close(pfd[0]);
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+        ;
+    if (err)
+        *err = out;
+    else
+        free(out);
+    return st;
+}
+
+int teardown_no_leaks(void **state)
+{
+    (void)state;
+    int held = leash_check_leaks(2);
+    leash_shutdown();
+    assert_int_equal(held, 0);
+    assert_int_equal(fake.live, 0);
+    return 0;
+}
+
+void assert_balanced(leash_pool *p)
+{
+    leash_pool_stats st;
+    assert_int_equal(leash_pool_stats_get(p, &st), LEASH_OK);
+    assert_int_equal(st.acquired, st.released + st.discarded + st.leaks_reclaimed +
+                                      st.leaks_at_close + st.in_use);
+}
