@@ -36,8 +36,8 @@ struct leash_handle {
     _Atomic uint32_t next; /* idle stack link: index + 1, 0 ends */
     void *conn;
     uint64_t conn_gen;   /* fork generation the connection was made in */
-    uint64_t expire_ns;  /* max_lifetime deadline (jittered) */
-    uint64_t idle_limit; /* idle timeout (jittered), ns */
+    _Atomic uint64_t expire_ns;  /* max_lifetime deadline (jittered) */
+    _Atomic uint64_t idle_limit; /* idle timeout (jittered), ns */
     _Atomic int broken;
 
     /* the borrow record */

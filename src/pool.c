@@ -140,8 +140,8 @@ static leash_status connect_into(struct leash_pool *p, struct leash_handle *s)
     uint64_t now = leash__coarse_ns();
     s->conn = c;
     s->conn_gen = atomic_load(&leash__fork_gen);
-    s->expire_ns = now + jitter(p, p->lifetime_ns);
-    s->idle_limit = jitter(p, p->idle_ns);
+    atomic_store_explicit(&s->expire_ns, now + jitter(p, p->lifetime_ns), memory_order_relaxed);
+    atomic_store_explicit(&s->idle_limit, jitter(p, p->idle_ns), memory_order_relaxed);
     atomic_store_explicit(&s->broken, 0, memory_order_relaxed);
     atomic_store_explicit(&s->idle_since, now, memory_order_relaxed);
     count(&p->created);
@@ -209,7 +209,7 @@ static inline void lend(struct leash_handle *s, uint64_t now, const char *file, 
  * connection if needed. Returns LEASH_OK with s usable, or a failure with s freed. */
 static leash_status refresh(struct leash_pool *p, struct leash_handle *s, uint64_t now)
 {
-    int replace = now >= s->expire_ns;
+    int replace = now >= ld(&s->expire_ns);
     if (!replace && p->adapter->validate &&
         now - ld(&s->idle_since) > p->validate_ns) {
         if (p->adapter->validate(p->ctx, s->conn) != 0) {
@@ -230,7 +230,7 @@ static leash_status refresh(struct leash_pool *p, struct leash_handle *s, uint64
 static inline int needs_refresh(const struct leash_pool *p, struct leash_handle *s,
                                 uint64_t now)
 {
-    return now >= s->expire_ns ||
+    return now >= ld(&s->expire_ns) ||
            (p->adapter->validate && now - ld(&s->idle_since) > p->validate_ns);
 }
 
@@ -980,7 +980,7 @@ static void expire_idle(struct leash_pool *p, uint64_t now)
         struct leash_handle *s = &p->slots[i];
         if (atomic_load(&s->state) != SLOT_IDLE)
             continue;
-        if (now >= s->expire_ns || now - ld(&s->idle_since) > s->idle_limit)
+        if (now >= ld(&s->expire_ns) || now - ld(&s->idle_since) > ld(&s->idle_limit))
             due++;
     }
     if (!due)
@@ -995,8 +995,8 @@ static void expire_idle(struct leash_pool *p, uint64_t now)
     uint32_t kept = 0;
     for (uint32_t i = 0; i < n; i++) {
         struct leash_handle *s = v[i];
-        int old = now >= s->expire_ns;
-        int stale = now - ld(&s->idle_since) > s->idle_limit;
+        int old = now >= ld(&s->expire_ns);
+        int stale = now - ld(&s->idle_since) > ld(&s->idle_limit);
         if (old || (stale && kept >= (uint32_t)p->min_idle))
             gone[ngone++] = s;
         else
