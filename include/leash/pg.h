@@ -18,6 +18,8 @@ typedef struct leash_pg_options { /* zero: default */
     const char *reset_sql;        /* run on every release after any rollback (e.g. "DISCARD ALL");
                                      off by default; routine, so not counted dirty */
     const char *application_name; /* used when the conninfo names none; default "leash" */
+    int connect_timeout_s;        /* used when the conninfo names no connect_timeout; default 5
+                                     (libpq counts whole seconds per host, at least 2) */
 } leash_pg_options;
 
 /* Opens a pool of PostgreSQL connections. conninfo is any libpq conninfo string or URI
