@@ -56,6 +56,7 @@ struct leash_handle {
 struct leash_waiter {
     struct leash_waiter *next;
     pthread_cond_t cond;
+    int signaled; /* woken and not yet run: no second wake-up needed */
 };
 
 /* Slow-path counters, one atomic each, in dump order. */
@@ -90,7 +91,9 @@ struct leash_pool {
 
     _Atomic uint64_t head; /* idle stack: (tag << 32) | (index + 1) */
     _Atomic int nwaiters;
+    _Atomic uint64_t head_since; /* tick when the first waiter became first */
     _Atomic int closed;
+    _Atomic int active; /* set by acquires, cleared by the maintenance thread */
     _Atomic uint64_t fork_gen;
     _Atomic uint32_t size; /* slots not EMPTY; written under lock */
 
@@ -114,6 +117,10 @@ struct leash_pool {
 
 /* ---- manager (manager.c) ---- */
 extern _Atomic uint64_t leash__fork_gen;
+/* The pools' clock: CLOCK_MONOTONIC_COARSE in ns, advanced by the maintenance thread every
+ * 10 ms while pools are busy (100 ms when quiet). Reading it is a load; reading a clock on
+ * every borrow and return would cost more than the rest of the cycle. */
+extern _Atomic uint64_t leash__tick;
 /* The kernel thread id, in the parent, of the thread that last called fork(). */
 extern int leash__fork_tid;
 /* Head of the list of every pool; readers traverse it without a lock. */
@@ -126,8 +133,14 @@ int leash__is_strict(void);
 void leash__after_fork(void);
 /* Wakes the maintenance thread (a pool wants min_idle filled), starting it if needed. */
 void leash__maintenance_nudge(void);
-/* This thread's kernel thread id, cached. */
-int leash__tid(void);
+/* This thread's kernel thread id, cached (0 until first asked; reset in a forked child). */
+extern __attribute__((tls_model("initial-exec"))) _Thread_local int leash__t_tid;
+int leash__tid_slow(void);
+static inline int leash__tid(void)
+{
+    int t = leash__t_tid;
+    return LEASH_LIKELY(t != 0) ? t : leash__tid_slow();
+}
 
 /* Registers p under the manager: LEASH_EEXIST if the name is taken by an open pool. */
 leash_status leash__register_pool(struct leash_pool *p);

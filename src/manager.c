@@ -19,9 +19,11 @@
 void leash__http_global_init(void);
 #endif
 
-#define MAINT_TICK_MS 100
+#define TICK_BUSY_MS 10   /* the pools' clock while pools are busy */
+#define TICK_QUIET_MS 100 /* ... and while they are quiet; also the maintenance period */
 
 _Atomic uint64_t leash__fork_gen;
+_Atomic uint64_t leash__tick;
 int leash__fork_tid;
 _Atomic(struct leash_pool *) leash__pools;
 _Atomic int leash__dumping;
@@ -47,16 +49,12 @@ static struct {
 
 static _Atomic int g_strict_cache; /* read on misuse paths without the lock */
 
-static __attribute__((tls_model("initial-exec"))) _Thread_local int t_tid;
+__attribute__((tls_model("initial-exec"))) _Thread_local int leash__t_tid;
 
-int leash__tid(void)
+int leash__tid_slow(void)
 {
-    int t = t_tid;
-    if (LEASH_UNLIKELY(t == 0)) {
-        t = (int)syscall(SYS_gettid);
-        t_tid = t;
-    }
-    return t;
+    leash__t_tid = (int)syscall(SYS_gettid);
+    return leash__t_tid;
 }
 
 int leash__is_strict(void)
@@ -93,7 +91,7 @@ static void atfork_parent(void)
  * happens at the child's first leash call (leash__after_fork). */
 static void atfork_child(void)
 {
-    t_tid = 0;
+    leash__t_tid = 0;
     leash__log_atfork(0);
     leash__pool_lock_all(0);
     pthread_mutex_unlock(&g.maint_lock);
@@ -116,6 +114,7 @@ void leash__after_fork(void)
     uint64_t gen = atomic_load(&leash__fork_gen);
     if (g.fixed_gen != gen) {
         g.fixed_gen = gen;
+        atomic_store(&leash__tick, leash__coarse_ns());
         /* The parent's maintenance thread does not exist here. */
         pthread_mutex_lock(&g.maint_lock);
         g.maint_running = 0;
@@ -144,19 +143,29 @@ static void *maint_main(void *arg)
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
+    uint64_t last_work = 0;
     pthread_mutex_lock(&g.maint_lock);
     while (!g.maint_stop) {
+        int kick = g.maint_kick;
         g.maint_kick = 0;
         pthread_mutex_unlock(&g.maint_lock);
         uint64_t now = leash__coarse_ns();
+        atomic_store_explicit(&leash__tick, now, memory_order_relaxed);
+        int busy = 0;
         for (struct leash_pool *p = atomic_load(&leash__pools); p; p = atomic_load(&p->next_all))
-            leash__pool_maintain(p, now);
+            busy |= atomic_exchange_explicit(&p->active, 0, memory_order_relaxed);
+        if (kick || now - last_work >= TICK_QUIET_MS * 1000000ull) {
+            last_work = now;
+            for (struct leash_pool *p = atomic_load(&leash__pools); p;
+                 p = atomic_load(&p->next_all))
+                leash__pool_maintain(p, now);
+        }
         pthread_mutex_lock(&g.maint_lock);
         if (g.maint_stop || g.maint_kick)
             continue;
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_nsec += MAINT_TICK_MS * 1000000L;
+        ts.tv_nsec += (busy ? TICK_BUSY_MS : TICK_QUIET_MS) * 1000000L;
         if (ts.tv_nsec >= 1000000000L) {
             ts.tv_sec++;
             ts.tv_nsec -= 1000000000L;
@@ -312,6 +321,7 @@ static leash_status init_locked(const leash_config *cfg)
     pthread_cond_init(&g.maint_cond, &ca);
     pthread_condattr_destroy(&ca);
     g.fixed_gen = atomic_load(&leash__fork_gen);
+    atomic_store(&leash__tick, leash__coarse_ns());
     atomic_store(&g.ready, 1);
     return LEASH_OK;
 }

@@ -7,6 +7,9 @@
 #include <string.h>
 #include <time.h>
 
+/* How long the first waiter may be overtaken by threads that are not queued. */
+#define BARGE_NS 2000000ull
+
 /* How a borrow ends, for give_back(). */
 enum { END_RELEASE, END_RECLAIM, END_DISCARD };
 
@@ -30,6 +33,11 @@ static inline uint64_t ld(_Atomic uint64_t *a)
 static inline void own_inc(_Atomic uint64_t *a, uint64_t by)
 {
     atomic_store_explicit(a, ld(a) + by, memory_order_relaxed);
+}
+
+static inline uint64_t tick(void)
+{
+    return atomic_load_explicit(&leash__tick, memory_order_relaxed);
 }
 
 static inline void count(_Atomic uint64_t *a)
@@ -86,8 +94,11 @@ static int can_serve(struct leash_pool *p)
 
 static void signal_head_locked(struct leash_pool *p)
 {
-    if (p->wait_head)
-        pthread_cond_signal(&p->wait_head->cond);
+    struct leash_waiter *w = p->wait_head;
+    if (w && !w->signaled) {
+        w->signaled = 1;
+        pthread_cond_signal(&w->cond);
+    }
 }
 
 static void wake_head(struct leash_pool *p)
@@ -137,7 +148,7 @@ static leash_status connect_into(struct leash_pool *p, struct leash_handle *s)
         return leash__fail(LEASH_ECONNECT, "pool \"%s\" (%s): connect to %s failed: %s", p->name,
                            p->adapter->kind, p->target_desc, clean);
     }
-    uint64_t now = leash__coarse_ns();
+    uint64_t now = tick();
     s->conn = c;
     s->conn_gen = atomic_load(&leash__fork_gen);
     atomic_store_explicit(&s->expire_ns, now + jitter(p, p->lifetime_ns), memory_order_relaxed);
@@ -253,6 +264,7 @@ static leash_handle *acquire_slow(struct leash_pool *p, int timeout_ms, const ch
 {
     uint64_t t0 = leash__now_ns();
     int tmo = timeout_ms < 0 ? p->timeout_ms : timeout_ms;
+    atomic_store_explicit(&p->active, 1, memory_order_relaxed);
     struct timespec deadline;
     clock_gettime(CLOCK_MONOTONIC, &deadline);
     deadline.tv_sec += tmo / 1000;
@@ -294,10 +306,12 @@ static leash_handle *acquire_slow(struct leash_pool *p, int timeout_ms, const ch
         pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
         pthread_cond_init(&w.cond, &ca);
         pthread_condattr_destroy(&ca);
-        if (p->wait_tail)
+        if (p->wait_tail) {
             p->wait_tail->next = &w;
-        else
+        } else {
             p->wait_head = &w;
+            atomic_store_explicit(&p->head_since, tick(), memory_order_relaxed);
+        }
         p->wait_tail = &w;
         atomic_fetch_add(&p->nwaiters, 1);
         for (;;) {
@@ -320,6 +334,7 @@ static leash_handle *acquire_slow(struct leash_pool *p, int timeout_ms, const ch
                 break;
             }
             int rc = pthread_cond_timedwait(&w.cond, &p->lock, &deadline);
+            w.signaled = 0;
             if (rc == ETIMEDOUT && p->wait_head != &w) {
                 st = LEASH_ETIMEDOUT;
                 break;
@@ -344,6 +359,8 @@ static leash_handle *acquire_slow(struct leash_pool *p, int timeout_ms, const ch
         *pp = w.next;
         if (p->wait_tail == &w)
             p->wait_tail = prev;
+        if (!prev && w.next)
+            atomic_store_explicit(&p->head_since, tick(), memory_order_relaxed);
         atomic_fetch_sub(&p->nwaiters, 1);
         if (p->wait_head && can_serve(p))
             signal_head_locked(p);
@@ -362,7 +379,7 @@ static leash_handle *acquire_slow(struct leash_pool *p, int timeout_ms, const ch
         timeout_message(p, tmo);
         return NULL;
     }
-    uint64_t now = leash__coarse_ns();
+    uint64_t now = tick();
     if (create) {
         if (connect_into(p, s) != LEASH_OK) {
             slot_free(p, s);
@@ -399,10 +416,17 @@ leash_handle *leash_acquire_at(leash_pool *p, int timeout_ms, const char *file, 
         file = "?";
     if (!func)
         func = "?";
-    if (LEASH_LIKELY(atomic_load_explicit(&p->nwaiters, memory_order_relaxed) == 0)) {
+    /* Threads not yet queued may take an idle handle while the first waiter has waited
+     * less than BARGE_NS: a thread that just released keeps running instead of sleeping
+     * behind the queue (no convoy). Past that, newcomers queue up behind it (no
+     * starvation). Waiters themselves are always served in arrival order. */
+    if (LEASH_LIKELY(atomic_load_explicit(&p->nwaiters, memory_order_relaxed) == 0 ||
+                     tick() - ld(&p->head_since) < BARGE_NS)) {
+        if (LEASH_UNLIKELY(!atomic_load_explicit(&p->active, memory_order_relaxed)))
+            atomic_store_explicit(&p->active, 1, memory_order_relaxed);
         struct leash_handle *s = stack_pop(p);
         if (LEASH_LIKELY(s != NULL)) {
-            uint64_t now = leash__coarse_ns();
+            uint64_t now = tick();
             if (LEASH_UNLIKELY(needs_refresh(p, s, now)) && refresh(p, s, now) != LEASH_OK)
                 return NULL;
             lend(s, now, file, line, func);
@@ -476,10 +500,11 @@ static void drop_slot(struct leash_pool *p, struct leash_handle *s)
 }
 
 /* Ends the borrow of s (state RETURNING, owned by the caller). */
-static void give_back(struct leash_pool *p, struct leash_handle *s, int how)
+static inline void give_back(struct leash_pool *p, struct leash_handle *s, int how)
 {
-    uint64_t now = leash__coarse_ns();
-    uint64_t held = now - ld(&s->since_ns);
+    uint64_t now = tick();
+    uint64_t since = ld(&s->since_ns);
+    uint64_t held = now > since ? now - since : 0;
     own_inc(&s->hold_ns_total, held);
     if (held > ld(&s->hold_ns_max))
         atomic_store_explicit(&s->hold_ns_max, held, memory_order_relaxed);
@@ -546,7 +571,7 @@ static int claim(struct leash_handle *s)
                                                    memory_order_relaxed);
 }
 
-static void end_borrow(leash_handle **hp, int how, const char *fn)
+static inline void end_borrow(leash_handle **hp, int how, const char *fn)
 {
     if (!hp || !*hp)
         return;

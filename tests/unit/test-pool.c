@@ -272,7 +272,7 @@ static void test_validation_failure_replaces(void **state)
     int id = c->id;
     c->dead = 1;
     leash_release(&h);
-    sleep_ms(30);
+    sleep_ms(250); /* well past validate_idle_ms, at the pools' clock resolution (<= 100 ms) */
     h = leash_acquire(p);
     assert_non_null(h);
     assert_int_not_equal(((struct fake_conn *)leash_conn(h))->id, id);
