@@ -22,6 +22,9 @@
 
 /* Called once from the manager's initialisation (and defensively from pool open). */
 void leash__http_global_init(void);
+/* The easy handle of a held HTTP handle without counting it as a raw borrow (tests read
+ * CURLINFO_* through it); NULL as leash_http. */
+CURL *leash__http_easy(leash_handle *h);
 
 /* The pool's adapter context: the parsed options and the share object. */
 typedef struct http_ctx {
@@ -476,6 +479,12 @@ CURL *leash_http(leash_handle *h)
     return c->curl;
 }
 
+CURL *leash__http_easy(leash_handle *h)
+{
+    http_conn *c = leash_conn_of(h, &leash_http_adapter);
+    return c ? c->curl : NULL;
+}
+
 /* ---- requests ---- */
 
 static size_t sink(char *data, size_t size, size_t n, void *arg)
@@ -581,8 +590,13 @@ leash_status leash_http_request(leash_handle *h, const char *method, const char 
         c->url[at++] = '/';
     memcpy(c->url + at, path, plen + 1);
 
-    if (curl_easy_setopt(c->curl, CURLOPT_URL, c->url) != CURLE_OK ||
-        set_method(c, method, body, len) != 0)
+    int bad = curl_easy_setopt(c->curl, CURLOPT_URL, c->url) != CURLE_OK ||
+              set_method(c, method, body, len) != 0;
+    if (c->raw) /* the borrower may have pointed these elsewhere */
+        bad = bad || curl_easy_setopt(c->curl, CURLOPT_WRITEFUNCTION, sink) != CURLE_OK ||
+              curl_easy_setopt(c->curl, CURLOPT_WRITEDATA, c) != CURLE_OK ||
+              curl_easy_setopt(c->curl, CURLOPT_ERRORBUFFER, c->errbuf) != CURLE_OK;
+    if (bad)
         return leash__fail(LEASH_ENOMEM, "http request: curl_easy_setopt failed");
     c->errbuf[0] = '\0';
     c->buf = NULL;

@@ -1,0 +1,894 @@
+/* Integration tests of the HTTP adapter against a real nginx (tests/servers.d/nginx.sh). */
+#include "servers.h"
+
+#include <leash/http.h>
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+/* Internal: the easy handle without counting a raw borrow (adapters/http/http.c). */
+CURL *leash__http_easy(leash_handle *h);
+
+#define PLAIN "http://127.0.0.1:18080"
+#define TLS "https://127.0.0.1:18443"
+#define SMALL "hello, leash\n"
+#define LARGE_SIZE 1048576
+
+/* ---- helpers ---- */
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* CURLINFO_NUM_CONNECTS of h's last transfer: connections it had to open. */
+static long connects(leash_handle *h)
+{
+    long n = -1;
+    CURL *e = leash__http_easy(h);
+    assert_non_null(e);
+    assert_int_equal(curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &n), CURLE_OK);
+    return n;
+}
+
+/* GETs path and checks the status (and the body when want is not NULL). */
+static void get_ok(leash_handle *h, const char *path, long status, const char *want)
+{
+    leash_http_response r = {0};
+    leash_status st = leash_http_get(h, path, &r);
+    if (st != LEASH_OK)
+        fail_msg("GET %s: %s: %s", path, leash_strerror(st), leash_last_error());
+    assert_int_equal(r.status, status);
+    assert_non_null(r.body);
+    assert_int_equal(r.body[r.len], '\0');
+    if (want) {
+        assert_int_equal(r.len, strlen(want));
+        assert_string_equal(r.body, want);
+    }
+    leash_http_response_free(&r);
+    assert_null(r.body);
+    assert_int_equal(r.len, 0);
+}
+
+/* A request that must fail with st; the response must come back empty. */
+static void request_fails(leash_handle *h, const char *method, const char *path,
+                          leash_status st, const char *msg_part)
+{
+    leash_http_response r = {.status = 7, .body = (char *)"junk", .len = 4};
+    assert_int_equal(leash_http_request(h, method, path, NULL, 0, &r), st);
+    assert_null(r.body);
+    assert_int_equal(r.len, 0);
+    assert_int_equal(leash_last_status(), st);
+    if (msg_part && !strstr(leash_last_error(), msg_part))
+        fail_msg("error \"%s\" does not mention \"%s\"", leash_last_error(), msg_part);
+}
+
+static leash_pool *pool_with(const char *name, const char *base, int max_size,
+                             const leash_http_options *http)
+{
+    leash_pool_options o = {.max_size = max_size, .acquire_timeout_ms = 5000};
+    leash_pool *p = leash_http_pool_with(name, base, &o, http);
+    if (!p)
+        fail_msg("pool %s on %s: %s", name, base, leash_last_error());
+    return p;
+}
+
+static leash_pool_stats stats(leash_pool *p)
+{
+    leash_pool_stats s;
+    assert_int_equal(leash_pool_stats_get(p, &s), LEASH_OK);
+    return s;
+}
+
+/* What leash_stats_dump writes in format fmt, malloc'd. */
+static char *dump(leash_format fmt)
+{
+    FILE *f = tmpfile();
+    assert_non_null(f);
+    int fd = fileno(f);
+    assert_int_equal(leash_stats_dump(fd, fmt), 0);
+    off_t n = lseek(fd, 0, SEEK_END);
+    assert_true(n > 0);
+    char *s = calloc(1, (size_t)n + 1);
+    assert_non_null(s);
+    assert_int_equal(pread(fd, s, (size_t)n, 0), n);
+    fclose(f);
+    return s;
+}
+
+/* nginx's accepted-connections counter, read with a fresh curl handle of its own. */
+static size_t collect(char *d, size_t sz, size_t n, void *arg)
+{
+    size_t *len = arg;
+    char *buf = (char *)(len + 1);
+    size_t add = sz * n;
+    if (*len + add < 512) {
+        memcpy(buf + *len, d, add);
+        *len += add;
+        buf[*len] = '\0';
+    }
+    return add;
+}
+
+static long nginx_accepts(void)
+{
+    size_t store[1 + 512 / sizeof(size_t) + 1] = {0};
+    CURL *e = curl_easy_init();
+    assert_non_null(e);
+    curl_easy_setopt(e, CURLOPT_URL, PLAIN "/status");
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, store);
+    assert_int_equal(curl_easy_perform(e), CURLE_OK);
+    curl_easy_cleanup(e);
+    const char *s = strstr((char *)(store + 1), "requests\n");
+    assert_non_null(s);
+    return strtol(s + 9, NULL, 10);
+}
+
+/* Waits up to 10 s for the child pid; a child still running then is killed and fails
+ * the test (a hang in the child must not hang the suite). Returns its wait status. */
+static int wait_child(pid_t pid)
+{
+    int st = 0;
+    for (int i = 0; i < 1000; i++) {
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid)
+            return st;
+        assert_int_equal(r, 0);
+        sleep_ms(10);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    fail_msg("child %d still running after 10 s: killed", (int)pid);
+    return st;
+}
+
+static int group_setup(void **state)
+{
+    if (srv_ctl("start", "nginx") != 0) {
+        fprintf(stderr, "test-http: tests/servers.sh start nginx failed\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* Every test ends with no handle outstanding; leash is shut down either way, so one
+ * failure does not leak into the next test. */
+static int teardown(void **state)
+{
+    int held = leash_check_leaks(2);
+    leash_shutdown();
+    assert_int_equal(held, 0);
+    return 0;
+}
+
+/* ---- requests ---- */
+
+static void test_get_statuses_and_joins(void **state)
+{
+    leash_pool *p = pool_with("get", PLAIN, 1, NULL);
+    leash_handle *h = leash_acquire(p);
+    assert_non_null(h);
+    get_ok(h, "/small", 200, SMALL);
+    assert_int_equal(connects(h), 1);
+    get_ok(h, "small", 200, SMALL); /* a '/' is added */
+    assert_int_equal(connects(h), 0);
+    get_ok(h, "/small?x=1&y=%20", 200, SMALL);
+    leash_http_response r = {0};
+    assert_int_equal(leash_http_get(h, "", &r), LEASH_OK); /* the base: "/", no index */
+    assert_int_equal(r.status, 403);
+    leash_http_response_free(&r);
+    /* An HTTP error status is a response. */
+    get_ok(h, "/missing", 404, NULL);
+    get_ok(h, "/error", 500, NULL);
+    /* A 3xx is a response too: redirects are not followed. */
+    get_ok(h, "/redirect", 302, NULL);
+    assert_int_equal(leash_http_request(h, "HEAD", "/small", NULL, 0, &r), LEASH_OK);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(r.len, 0);
+    assert_string_equal(r.body, "");
+    leash_http_response_free(&r);
+    get_ok(h, "/small", 200, SMALL); /* a GET again after the HEAD */
+    assert_int_equal(connects(h), 0);
+    leash_release(&h);
+    assert_null(h);
+    assert_int_equal(stats(p).dirty_returns, 0);
+    leash_http_response_free(NULL);
+
+    /* Base URL forms: trailing '/', a path prefix, localhost. */
+    const char *bases[] = {PLAIN "/", PLAIN "//", "http://localhost:18080",
+                           "HTTP://127.0.0.1:18080/prefix", PLAIN "/prefix/"};
+    for (size_t i = 0; i < sizeof bases / sizeof *bases; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "base%zu", i);
+        leash_pool *q = pool_with(name, bases[i], 1, NULL);
+        h = leash_acquire(q);
+        assert_non_null(h);
+        get_ok(h, "/small", 200, SMALL);
+        get_ok(h, "small", 200, SMALL);
+        leash_release(&h);
+    }
+}
+
+static void test_post_with_body(void **state)
+{
+    leash_pool *p = pool_with("post", PLAIN, 1, NULL);
+    leash_handle *h = leash_acquire(p);
+    assert_non_null(h);
+    leash_http_response r = {0};
+    const char *body = "leash posted this";
+    assert_int_equal(leash_http_request(h, "POST", "/echo", body, strlen(body), &r), LEASH_OK);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "POST 17 leash posted this");
+    leash_http_response_free(&r);
+    /* len bytes are sent, not up to a NUL */
+    assert_int_equal(leash_http_request(h, "PUT", "/echo", "abcdef", 3, &r), LEASH_OK);
+    assert_string_equal(r.body, "PUT 3 abc");
+    leash_http_response_free(&r);
+    assert_int_equal(leash_http_request(h, "POST", "/echo", NULL, 0, &r), LEASH_OK);
+    assert_string_equal(r.body, "POST 0 ");
+    leash_http_response_free(&r);
+    /* The next GET on the same handle is a GET, with no body. */
+    assert_int_equal(leash_http_get(h, "/echo", &r), LEASH_OK);
+    assert_string_equal(r.body, "GET  ");
+    leash_http_response_free(&r);
+    assert_int_equal(leash_http_request(h, "DELETE", "/echo", NULL, 0, &r), LEASH_OK);
+    assert_string_equal(r.body, "DELETE  ");
+    leash_http_response_free(&r);
+    assert_int_equal(leash_http_request(h, "POST", "/echo", "x", 1, &r), LEASH_OK);
+    leash_http_response_free(&r);
+    leash_release(&h);
+    /* After a release the method is back to GET, over the same connection. */
+    h = leash_acquire(p);
+    assert_int_equal(leash_http_get(h, "/echo", &r), LEASH_OK);
+    assert_string_equal(r.body, "GET  ");
+    assert_int_equal(connects(h), 0);
+    leash_http_response_free(&r);
+    leash_release(&h);
+    assert_int_equal(stats(p).created, 1);
+}
+
+struct many {
+    leash_pool *pool;
+    int n, ok;
+    long connects;
+};
+
+static void *many_gets(void *arg)
+{
+    struct many *m = arg;
+    for (int i = 0; i < m->n; i++) {
+        leash_handle *h = leash_acquire(m->pool);
+        if (!h)
+            continue;
+        leash_http_response r;
+        if (leash_http_get(h, "/small", &r) == LEASH_OK && r.status == 200 &&
+            strcmp(r.body, SMALL) == 0)
+            m->ok++;
+        long n = 0;
+        curl_easy_getinfo(leash__http_easy(h), CURLINFO_NUM_CONNECTS, &n);
+        m->connects += n;
+        leash_http_response_free(&r);
+        leash_release(&h);
+    }
+    return NULL;
+}
+
+static void test_thousand_gets_two_connections(void **state)
+{
+    leash_pool *p = pool_with("thousand", PLAIN, 2, NULL);
+    long before = nginx_accepts();
+    struct many m[4];
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++) {
+        m[i] = (struct many){.pool = p, .n = 250};
+        assert_int_equal(pthread_create(&t[i], NULL, many_gets, &m[i]), 0);
+    }
+    int ok = 0;
+    long conns = 0;
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        ok += m[i].ok;
+        conns += m[i].connects;
+    }
+    long after = nginx_accepts();
+    assert_int_equal(ok, 1000);
+    assert_in_range(conns, 1, 2);
+    /* nginx agrees: the pool's connections plus the second status request's own. */
+    assert_in_range(after - before, 2, 3);
+    leash_pool_stats s = stats(p);
+    assert_int_equal(s.acquired, 1000);
+    assert_in_range(s.created, 1, 2);
+    assert_int_equal(s.destroyed, 0);
+}
+
+static void test_slow_endpoint_times_out(void **state)
+{
+    leash_http_options o = {.timeout_ms = 400};
+    leash_pool *p = pool_with("slow", PLAIN, 1, &o);
+    leash_handle *h = leash_acquire(p);
+    assert_non_null(h);
+    get_ok(h, "/small", 200, SMALL);
+    double t0 = now_s();
+    request_fails(h, "GET", "/slow", LEASH_ETIMEDOUT, "/slow");
+    double took = now_s() - t0;
+    assert_true(took >= 0.35 && took < 3.0);
+    assert_non_null(strstr(leash_last_error(), "timed out"));
+    leash_release(&h); /* broken: destroyed, not dirty (strict mode would abort) */
+    leash_pool_stats s = stats(p);
+    assert_int_equal(s.destroyed, 1);
+    assert_int_equal(s.dirty_returns, 0);
+    assert_int_equal(s.misuse, 0);
+    h = leash_acquire(p);
+    get_ok(h, "/small", 200, SMALL);
+    assert_int_equal(connects(h), 1);
+    leash_release(&h);
+    assert_int_equal(stats(p).created, 2);
+}
+
+static void test_body_over_limit(void **state)
+{
+    /* Content-Length over the limit (/large) and a chunked body that grows past it. */
+    leash_http_options o = {.max_body = 64 * 1024};
+    leash_pool *p = pool_with("limit", PLAIN, 1, &o);
+    leash_handle *h = leash_acquire(p);
+    assert_non_null(h);
+    request_fails(h, "GET", "/large", LEASH_EIO, "max_body");
+    request_fails(h, "GET", "/chunked", LEASH_EIO, "max_body");
+    get_ok(h, "/small", 200, SMALL); /* the handle is still usable */
+    leash_release(&h);
+    assert_int_equal(stats(p).destroyed, 0);
+
+    /* Exactly at the limit is fine; one byte less is not. */
+    o.max_body = LARGE_SIZE;
+    leash_pool *q = pool_with("exact", PLAIN, 1, &o);
+    h = leash_acquire(q);
+    leash_http_response r;
+    assert_int_equal(leash_http_get(h, "/large", &r), LEASH_OK);
+    assert_int_equal(r.len, LARGE_SIZE);
+    leash_http_response_free(&r);
+    assert_int_equal(leash_http_get(h, "/chunked", &r), LEASH_OK);
+    assert_int_equal(r.len, LARGE_SIZE);
+    leash_http_response_free(&r);
+    leash_release(&h);
+    o.max_body = LARGE_SIZE - 1;
+    leash_pool *u = pool_with("under", PLAIN, 1, &o);
+    h = leash_acquire(u);
+    request_fails(h, "GET", "/large", LEASH_EIO, "max_body");
+    request_fails(h, "GET", "/chunked", LEASH_EIO, "max_body");
+    leash_release(&h);
+}
+
+/* ---- nginx reloaded and restarted under load ---- */
+
+struct worker {
+    leash_pool *pool;
+    _Atomic int *stop;
+    _Atomic int *phase; /* 1 once the restart is over */
+    _Atomic int ok, ok_after, eio, other, no_handle;
+    char other_msg[256];
+};
+
+static void *worker(void *arg)
+{
+    struct worker *w = arg;
+    while (!atomic_load(w->stop)) {
+        leash_handle *h = leash_acquire(w->pool);
+        if (!h) {
+            w->no_handle++;
+            continue;
+        }
+        int after = atomic_load(w->phase);
+        leash_http_response r;
+        leash_status st = leash_http_get(h, "/small", &r);
+        if (st == LEASH_OK && r.status == 200 && strcmp(r.body, SMALL) == 0) {
+            w->ok++;
+            if (after)
+                w->ok_after++;
+        } else if (st == LEASH_EIO) {
+            w->eio++;
+        } else {
+            w->other++;
+            snprintf(w->other_msg, sizeof w->other_msg, "%s (%ld): %s", leash_strerror(st),
+                     r.status, leash_last_error());
+        }
+        leash_http_response_free(&r);
+        leash_release(&h);
+        if (st != LEASH_OK)
+            sleep_ms(2);
+    }
+    return NULL;
+}
+
+static void test_reload_and_restart_under_load(void **state)
+{
+    leash_http_options o = {.connect_timeout_ms = 1000, .timeout_ms = 3000};
+    leash_pool *p = pool_with("reload", PLAIN, 4, &o);
+    _Atomic int stop = 0, phase = 0;
+    struct worker w[8];
+    pthread_t t[8];
+    for (int i = 0; i < 8; i++) {
+        memset(&w[i], 0, sizeof w[i]);
+        w[i].pool = p;
+        w[i].stop = &stop;
+        w[i].phase = &phase;
+        assert_int_equal(pthread_create(&t[i], NULL, worker, &w[i]), 0);
+    }
+    sleep_ms(300);
+    assert_int_equal(srv_signal("nginx/nginx.pid", SIGHUP), 0); /* graceful reload */
+    sleep_ms(700);
+    assert_int_equal(srv_ctl("restart", "nginx"), 0);
+    atomic_store(&phase, 1);
+    double deadline = now_s() + 15;
+    for (;;) {
+        int done = 1;
+        for (int i = 0; i < 8; i++)
+            if (w[i].ok_after < 20)
+                done = 0;
+        if (done || now_s() > deadline)
+            break;
+        sleep_ms(20);
+    }
+    atomic_store(&stop, 1);
+    int ok = 0, eio = 0;
+    for (int i = 0; i < 8; i++) {
+        pthread_join(t[i], NULL);
+        if (w[i].other)
+            fail_msg("worker %d: unexpected failure %s", i, w[i].other_msg);
+        assert_int_equal(w[i].no_handle, 0);
+        assert_true(w[i].ok_after >= 20); /* service came back for every thread */
+        ok += w[i].ok;
+        eio += w[i].eio;
+    }
+    print_message("reload+restart: %d requests ok, %d failed with LEASH_EIO\n", ok, eio);
+    /* No handle lost: all four can be held at once, and every borrow is accounted for. */
+    leash_pool_stats s = stats(p);
+    assert_int_equal(s.in_use, 0);
+    assert_true(s.size <= 4);
+    assert_int_equal(s.acquired, s.released + s.discarded);
+    assert_int_equal(s.dirty_returns, 0);
+    assert_int_equal(s.misuse, 0);
+    leash_handle *h[4];
+    for (int i = 0; i < 4; i++) {
+        h[i] = leash_acquire_for(p, 0);
+        assert_non_null(h[i]);
+        get_ok(h[i], "/small", 200, SMALL);
+    }
+    for (int i = 0; i < 4; i++)
+        leash_release(&h[i]);
+}
+
+/* ---- TLS ---- */
+
+static void test_tls_verification(void **state)
+{
+    char ca[4096];
+    snprintf(ca, sizeof ca, "%s", srv_path("nginx/ca.pem"));
+
+    /* Verification is on by default: the test CA is unknown to the system. */
+    leash_pool *p = pool_with("tls-nocafile", TLS, 1, NULL);
+    leash_handle *h = leash_acquire(p);
+    assert_non_null(h);
+    request_fails(h, "GET", "/small", LEASH_EIO, "certificate");
+    leash_release(&h);
+    assert_int_equal(stats(p).destroyed, 1);
+
+    leash_http_options o = {.ca_file = ca};
+    leash_pool *q = pool_with("tls-ca", TLS, 1, &o);
+    h = leash_acquire(q);
+    get_ok(h, "/small", 200, SMALL);
+    get_ok(h, "/small", 200, SMALL);
+    assert_int_equal(connects(h), 0);
+    leash_release(&h);
+    leash_pool *l = pool_with("tls-localhost", "https://localhost:18443", 1, &o);
+    h = leash_acquire(l);
+    get_ok(h, "/small", 200, SMALL);
+    leash_release(&h);
+
+    char *text = dump(LEASH_FORMAT_TEXT);
+    assert_null(strstr(text, "insecure"));
+    free(text);
+    leash_http_options off = {.insecure = 1};
+    leash_pool *i = pool_with("tls-insecure", TLS, 1, &off);
+    h = leash_acquire(i);
+    get_ok(h, "/small", 200, SMALL);
+    leash_release(&h);
+    text = dump(LEASH_FORMAT_TEXT);
+    const char *line = strstr(text, "\"tls-insecure\"");
+    assert_non_null(line);
+    const char *eol = strchr(line, '\n');
+    const char *mark = strstr(line, "insecure: TLS not verified");
+    assert_true(mark && eol && mark < eol);
+    free(text);
+}
+
+/* ---- fork ---- */
+
+static void test_fork_child_leaves_parent_connections_alone(void **state)
+{
+    char ca[4096];
+    snprintf(ca, sizeof ca, "%s", srv_path("nginx/ca.pem"));
+
+    /* Control: a child that cleans up an inherited TLS easy handle with no care kills
+     * the parent's connection (its close_notify reaches nginx). This is what the check
+     * below can see. */
+    CURL *e = curl_easy_init();
+    curl_easy_setopt(e, CURLOPT_URL, TLS "/small");
+    curl_easy_setopt(e, CURLOPT_CAINFO, ca);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, collect);
+    size_t store[1 + 512 / sizeof(size_t) + 1] = {0};
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, store);
+    assert_int_equal(curl_easy_perform(e), CURLE_OK);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        curl_easy_cleanup(e);
+        _exit(0);
+    }
+    wait_child(pid);
+    sleep_ms(100);
+    store[0] = 0;
+    assert_int_equal(curl_easy_perform(e), CURLE_OK);
+    long n = -1;
+    curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &n);
+    assert_int_equal(n, 1);
+    curl_easy_cleanup(e);
+
+    /* The pool: one handle held across the fork, one idle. */
+    leash_http_options o = {.ca_file = ca};
+    leash_pool *p = pool_with("fork", TLS, 2, &o);
+    leash_handle *a = leash_acquire(p), *b = leash_acquire(p);
+    assert_non_null(a);
+    assert_non_null(b);
+    get_ok(a, "/small", 200, SMALL);
+    get_ok(b, "/small", 200, SMALL);
+    leash_release(&b);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        int bad = 0;
+        leash_release(&a); /* held across the fork: abandoned */
+        leash_handle *c = leash_acquire(p);
+        leash_http_response r;
+        if (!c || leash_http_get(c, "/small", &r) != LEASH_OK || r.status != 200)
+            bad = 1;
+        else if (connects(c) != 1) /* a fresh connection of its own */
+            bad = 2;
+        if (c) {
+            leash_http_response_free(&r);
+            leash_release(&c);
+        }
+        leash_pool_close(p);
+        leash_shutdown();
+        _exit(bad);
+    }
+    int st = wait_child(pid);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    sleep_ms(100);
+    /* Both of the parent's connections are alive and reused. */
+    get_ok(a, "/small", 200, SMALL);
+    assert_int_equal(connects(a), 0);
+    b = leash_acquire(p);
+    get_ok(b, "/small", 200, SMALL);
+    assert_int_equal(connects(b), 0);
+    leash_release(&a);
+    leash_release(&b);
+    assert_int_equal(stats(p).created, 2);
+}
+
+/* ---- raw borrowers ---- */
+
+static size_t discard_body(char *d, size_t sz, size_t n, void *arg)
+{
+    (*(int *)arg)++;
+    return sz * n;
+}
+
+static void test_raw_borrower_then_keepalive_reused(void **state)
+{
+    const char *headers[] = {"X-Leash: pool", NULL};
+    leash_http_options o = {.headers = headers};
+    leash_pool *p = pool_with("raw", PLAIN, 1, &o);
+    leash_handle *h = leash_acquire(p);
+    assert_non_null(h);
+    get_ok(h, "/headers", 200, "|pool|");
+    assert_int_equal(connects(h), 1);
+
+    /* A borrower takes the easy handle and sets its own options and cookies. */
+    CURL *e = leash_http(h);
+    assert_non_null(e);
+    struct curl_slist *mine = curl_slist_append(NULL, "X-Leash: mine");
+    int calls = 0;
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "raw-agent");
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, mine);
+    curl_easy_setopt(e, CURLOPT_COOKIEFILE, "");
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 12345L);
+    curl_easy_setopt(e, CURLOPT_URL, PLAIN "/cookie");
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, discard_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, &calls);
+    assert_int_equal(curl_easy_perform(e), CURLE_OK);
+    assert_true(calls == 0 || calls == 1);
+    /* Its options apply to the helpers too, until release; the body still comes back. */
+    get_ok(h, "/headers", 200, "raw-agent|mine|leash=c00kie");
+    leash_release(&h);
+    curl_slist_free_all(mine);
+
+    /* The next borrower gets the pool's defaults over the same live connection. */
+    h = leash_acquire(p);
+    get_ok(h, "/headers", 200, "|pool|");
+    assert_int_equal(connects(h), 0);
+    /* The cookie engine is off again: a Set-Cookie is not sent back. */
+    get_ok(h, "/cookie", 200, "");
+    get_ok(h, "/headers", 200, "|pool|");
+    /* Redirects stay off after a reset. */
+    get_ok(h, "/redirect", 302, NULL);
+    leash_release(&h);
+
+    /* A borrower that turns redirects on gets https-only redirects: /redirect points at
+     * plain http, so the transfer is refused. */
+    h = leash_acquire(p);
+    e = leash_http(h);
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
+    leash_http_response r;
+    assert_int_equal(leash_http_get(h, "/redirect", &r), LEASH_EIO);
+    assert_null(r.body);
+    leash_release(&h); /* a transport failure: destroyed */
+    leash_pool_stats s = stats(p);
+    assert_int_equal(s.created, 1);
+    assert_int_equal(s.destroyed, 1);
+    assert_int_equal(s.dirty_returns, 0);
+}
+
+/* ---- failures and bad input ---- */
+
+static void test_transport_failure_marks_broken(void **state)
+{
+    leash_http_options o = {.connect_timeout_ms = 1000};
+    leash_pool *p = pool_with("refused", "http://127.0.0.1:1", 1, &o);
+    leash_handle *h = leash_acquire(p);
+    assert_non_null(h);
+    request_fails(h, "GET", "/small", LEASH_EIO, "127.0.0.1");
+    print_message("connection refused: %s\n", leash_last_error());
+    leash_release(&h);
+    leash_pool_stats s = stats(p);
+    assert_int_equal(s.destroyed, 1);
+    assert_int_equal(s.dirty_returns, 0);
+}
+
+static void test_bad_base_urls(void **state)
+{
+    /* Each: the base URL tried, and a word the message must contain. */
+    static const struct {
+        const char *url, *part;
+    } bad[] = {
+        {NULL, "NULL"},
+        {"", "empty"},
+        {"127.0.0.1:18080", "scheme"},
+        {"//127.0.0.1:18080", "scheme"},
+        {"ftp://127.0.0.1/", "scheme \"ftp\""},
+        {"file:///etc/passwd", "scheme \"file\""},
+        {"gopher://127.0.0.1:18080", "scheme"},
+        {"http:/127.0.0.1", "scheme"},
+        {"http://", "host"},
+        {"http:///small", "host"},
+        {"http://:18080", "host"},
+        {"http://user:pw@", "host"},
+        {"http://127.0.0.1:", "port"},
+        {"http://127.0.0.1:0", "port"},
+        {"http://127.0.0.1:65536", "port"},
+        {"http://127.0.0.1:99999999999", "port"},
+        {"http://127.0.0.1:-1", "port"},
+        {"http://127.0.0.1:80a", "port"},
+        {"http://127.0.0.1:18080:1", "port"},
+        {"http://ho st", "space"},
+        {"http://host\n", "control"},
+        {"http://127.0.0.1:18080/pa th", "space"},
+        {"http://127.0.0.1:18080/\x7f", "control"},
+        {"http://ho!st", "host"},
+        {"http://127.0.0.1:18080/?q=1", "query"},
+        {"http://127.0.0.1:18080?q=1", "query"},
+        {"http://127.0.0.1:18080/#frag", "fragment"},
+        {"http://[::1", "IPv6"},
+        {"http://[]:80", "host"},
+        {"http://[zz::1]:80", "IPv6"},
+        {"http://[::1]x", "IPv6"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        leash_pool *p = leash_http_pool("bad", bad[i].url, NULL);
+        if (p)
+            fail_msg("base URL #%zu was accepted", i);
+        assert_int_equal(leash_last_status(), LEASH_EINVAL);
+        if (!strstr(leash_last_error(), bad[i].part))
+            fail_msg("base URL #%zu: \"%s\" does not name \"%s\"", i, leash_last_error(),
+                     bad[i].part);
+    }
+    /* Valid but unusual forms are accepted. */
+    const char *good[] = {"http://[::1]:18080", "http://user:pw@127.0.0.1:18080",
+                          "https://example.invalid", "http://127.0.0.1:65535/a/b/"};
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "good%zu", i);
+        if (!leash_http_pool(name, good[i], NULL))
+            fail_msg("%s refused: %s", good[i], leash_last_error());
+    }
+}
+
+static void test_bad_paths_and_methods(void **state)
+{
+    leash_pool *p = pool_with("paths", PLAIN, 1, NULL);
+    leash_handle *h = leash_acquire(p);
+    assert_non_null(h);
+    /* Paths: a space, CR LF (header injection), a tab, DEL, NULL. */
+    request_fails(h, "GET", "/sm all", LEASH_EINVAL, "space");
+    request_fails(h, "GET", "/small\r\nX-Injected: 1", LEASH_EINVAL, "control");
+    request_fails(h, "GET", "/small\t", LEASH_EINVAL, "control");
+    request_fails(h, "GET", "/\x7f", LEASH_EINVAL, "control");
+    request_fails(h, "GET", NULL, LEASH_EINVAL, "path");
+    leash_http_response r = {.body = (char *)"junk", .len = 4};
+    assert_int_equal(leash_http_get(h, " /small", &r), LEASH_EINVAL);
+    assert_null(r.body);
+    assert_int_equal(r.len, 0);
+    /* Methods: NULL, empty, a space, CR LF. */
+    request_fails(h, NULL, "/small", LEASH_EINVAL, "method");
+    request_fails(h, "", "/small", LEASH_EINVAL, "method");
+    request_fails(h, "GE T", "/small", LEASH_EINVAL, "method");
+    request_fails(h, "GET\r\n", "/small", LEASH_EINVAL, "method");
+    /* A NULL body with a length. */
+    r = (leash_http_response){.body = (char *)"junk", .len = 4};
+    assert_int_equal(leash_http_request(h, "POST", "/echo", NULL, 5, &r), LEASH_EINVAL);
+    assert_null(r.body);
+    assert_non_null(strstr(leash_last_error(), "body"));
+    /* None of it broke the handle. */
+    get_ok(h, "/small", 200, SMALL);
+    leash_release(&h);
+    assert_int_equal(stats(p).destroyed, 0);
+}
+
+static void *fake_connect(void *ctx, const char *target, char *err, size_t errlen)
+{
+    return malloc(1);
+}
+
+static void fake_destroy(void *ctx, void *conn)
+{
+    free(conn);
+}
+
+static const leash_adapter fake_adapter = {
+    .kind = "fake", .connect = fake_connect, .destroy = fake_destroy};
+
+static void test_bad_handles(void **state)
+{
+    leash_http_response r = {.body = (char *)"junk", .len = 4};
+    /* NULL handle */
+    assert_null(leash_http(NULL));
+    assert_int_equal(leash_http_get(NULL, "/small", &r), LEASH_EINVAL);
+    assert_null(r.body);
+    assert_int_equal(r.len, 0);
+    assert_non_null(strstr(leash_last_error(), "NULL"));
+    /* A handle from a pool of another adapter */
+    leash_pool *f = leash_pool_open("fake", &fake_adapter, "fake", NULL);
+    assert_non_null(f);
+    leash_handle *h = leash_acquire(f);
+    assert_non_null(h);
+    assert_null(leash_http(h));
+    r = (leash_http_response){.body = (char *)"junk", .len = 4};
+    assert_int_equal(leash_http_request(h, "POST", "/echo", "x", 1, &r), LEASH_EINVAL);
+    assert_null(r.body);
+    assert_non_null(strstr(leash_last_error(), "HTTP handle"));
+    leash_release(&h);
+    /* NULL out */
+    leash_pool *p = pool_with("nullout", PLAIN, 1, NULL);
+    h = leash_acquire(p);
+    assert_int_equal(leash_http_get(h, "/small", NULL), LEASH_EINVAL);
+    assert_non_null(strstr(leash_last_error(), "out"));
+    assert_int_equal(leash_http_request(h, "GET", "/small", NULL, 0, NULL), LEASH_EINVAL);
+    leash_release(&h);
+    leash_http_response_free(NULL);
+}
+
+static void test_bad_options(void **state)
+{
+    /* Negative timeouts, a header with CR LF, a header without a name, a missing CA file. */
+    const char *crlf[] = {"X-A: 1\r\nX-Injected: 2", NULL};
+    const char *noname[] = {": value", NULL};
+    const char *nocolon[] = {"X-A 1", NULL};
+    const leash_http_options bad[] = {
+        {.connect_timeout_ms = -1},
+        {.timeout_ms = -5},
+        {.headers = crlf},
+        {.headers = noname},
+        {.headers = nocolon},
+        {.ca_file = "/nonexistent/ca.pem"},
+    };
+    const char *part[] = {"timeout", "timeout", "header 0", "header 0", "header 0", "ca_file"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        assert_null(leash_http_pool_with("opt", PLAIN, NULL, &bad[i]));
+        assert_int_equal(leash_last_status(), LEASH_EINVAL);
+        if (!strstr(leash_last_error(), part[i]))
+            fail_msg("options #%zu: \"%s\" does not name \"%s\"", i, leash_last_error(),
+                     part[i]);
+    }
+    /* A bad pool option (from the core) is refused too, and the context freed. */
+    leash_pool_options neg = {.max_size = -1};
+    assert_null(leash_http_pool("opt", PLAIN, &neg));
+    assert_int_equal(leash_last_status(), LEASH_EINVAL);
+}
+
+static void test_password_never_shown(void **state)
+{
+    const char *secret = "s3cret-pw";
+    /* A bad base URL carrying a password: the message names the port, not the password. */
+    assert_null(leash_http_pool("pw", "http://user:s3cret-pw@127.0.0.1:0", NULL));
+    assert_null(strstr(leash_last_error(), secret));
+    assert_null(leash_http_pool("pw", "http://user:s3cret-pw@ho st", NULL));
+    assert_null(strstr(leash_last_error(), secret));
+
+    /* A working pool with basic-auth userinfo: dumps show the user, not the password. */
+    leash_pool *p = pool_with("pw", "http://user:s3cret-pw@127.0.0.1:18080", 1, NULL);
+    leash_handle *h = leash_acquire(p);
+    get_ok(h, "/small", 200, SMALL);
+    leash_release(&h);
+    leash_format fmts[] = {LEASH_FORMAT_TEXT, LEASH_FORMAT_JSON, LEASH_FORMAT_PROMETHEUS};
+    for (int i = 0; i < 3; i++) {
+        char *text = dump(fmts[i]);
+        assert_null(strstr(text, secret));
+        if (i == 0)
+            assert_non_null(strstr(text, "http://user:***@127.0.0.1:18080"));
+        free(text);
+    }
+    /* A failed request: the message shows the redacted URL. */
+    leash_pool *q = pool_with("pw-refused", "http://user:s3cret-pw@127.0.0.1:1", 1, NULL);
+    h = leash_acquire(q);
+    request_fails(h, "GET", "/x?password=hunter2", LEASH_EIO, "user:***@");
+    assert_null(strstr(leash_last_error(), secret));
+    assert_null(strstr(leash_last_error(), "hunter2"));
+    leash_release(&h);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_get_statuses_and_joins, teardown),
+        cmocka_unit_test_teardown(test_post_with_body, teardown),
+        cmocka_unit_test_teardown(test_thousand_gets_two_connections, teardown),
+        cmocka_unit_test_teardown(test_slow_endpoint_times_out, teardown),
+        cmocka_unit_test_teardown(test_body_over_limit, teardown),
+        cmocka_unit_test_teardown(test_tls_verification, teardown),
+        cmocka_unit_test_teardown(test_fork_child_leaves_parent_connections_alone, teardown),
+        cmocka_unit_test_teardown(test_raw_borrower_then_keepalive_reused, teardown),
+        cmocka_unit_test_teardown(test_transport_failure_marks_broken, teardown),
+        cmocka_unit_test_teardown(test_bad_base_urls, teardown),
+        cmocka_unit_test_teardown(test_bad_paths_and_methods, teardown),
+        cmocka_unit_test_teardown(test_bad_handles, teardown),
+        cmocka_unit_test_teardown(test_bad_options, teardown),
+        cmocka_unit_test_teardown(test_password_never_shown, teardown),
+        cmocka_unit_test_teardown(test_reload_and_restart_under_load, teardown),
+    };
+    const char *only = getenv("TEST_FILTER"); /* e.g. TEST_FILTER='*fork*' */
+    if (only && *only)
+        cmocka_set_test_filter(only);
+    return cmocka_run_group_tests(tests, group_setup, NULL);
+}
