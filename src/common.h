@@ -30,8 +30,7 @@ void *leash__fail_null(leash_status s, const char *fmt, ...) LEASH_PRINTF(2, 3);
 void leash__log(int level, const char *fmt, ...) LEASH_PRINTF(2, 3);
 /* Logs at most once per key (e.g. a call site's __FILE__ pointer and line); returns 1 if
  * it logged. */
-int leash__log_once(const void *key, int line, int level, const char *fmt, ...)
-    LEASH_PRINTF(4, 5);
+int leash__log_once(const void *key, int line, int level, const char *fmt, ...) LEASH_PRINTF(4, 5);
 
 /* Copies in to out (outlen bytes, always NUL-terminated) with passwords removed: URL
  * userinfo passwords (scheme://user:secret@host -> scheme://user:***@host) and

@@ -35,7 +35,7 @@ struct leash_handle {
     _Atomic int state;
     _Atomic uint32_t next; /* idle stack link: index + 1, 0 ends */
     void *conn;
-    uint64_t conn_gen;   /* fork generation the connection was made in */
+    uint64_t conn_gen;           /* fork generation the connection was made in */
     _Atomic uint64_t expire_ns;  /* max_lifetime deadline (jittered) */
     _Atomic uint64_t idle_limit; /* idle timeout (jittered), ns */
     _Atomic int broken;
@@ -45,9 +45,9 @@ struct leash_handle {
     _Atomic(const char *) func;
     _Atomic int line;
     _Atomic int tid;
-    _Atomic uint64_t since_ns;  /* coarse clock */
+    _Atomic uint64_t since_ns;   /* coarse clock */
     _Atomic uint64_t idle_since; /* coarse clock */
-    _Atomic uint64_t suspected; /* the borrow number counted as a suspected leak */
+    _Atomic uint64_t suspected;  /* the borrow number counted as a suspected leak */
 
     /* counters owned by the slot's current owner: written with a plain load+store */
     _Atomic uint64_t acquired, released, hold_ns_total, hold_ns_max;
@@ -60,19 +60,19 @@ struct leash_waiter {
 };
 
 /* Slow-path counters, one atomic each, in dump order. */
-#define LEASH_POOL_COUNTERS(X)                                                                 \
-    X(created)                                                                                 \
-    X(destroyed)                                                                               \
-    X(timeouts)                                                                                \
-    X(rejected)                                                                                \
-    X(connect_failures)                                                                        \
-    X(validation_failures)                                                                     \
-    X(discarded)                                                                               \
-    X(dirty_returns)                                                                           \
-    X(leaks_reclaimed)                                                                         \
-    X(leaks_suspected)                                                                         \
-    X(leaks_at_close)                                                                          \
-    X(returned_late)                                                                           \
+#define LEASH_POOL_COUNTERS(X)                                                                     \
+    X(created)                                                                                     \
+    X(destroyed)                                                                                   \
+    X(timeouts)                                                                                    \
+    X(rejected)                                                                                    \
+    X(connect_failures)                                                                            \
+    X(validation_failures)                                                                         \
+    X(discarded)                                                                                   \
+    X(dirty_returns)                                                                               \
+    X(leaks_reclaimed)                                                                             \
+    X(leaks_suspected)                                                                             \
+    X(leaks_at_close)                                                                              \
+    X(returned_late)                                                                               \
     X(misuse)
 
 struct leash_pool {

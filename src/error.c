@@ -11,17 +11,17 @@
 #include <unistd.h>
 
 /* One table generates the status strings; numbered and append-only like the enum. */
-#define LEASH_STATUS_MAP(X)                                                                    \
-    X(LEASH_OK, "success")                                                                     \
-    X(LEASH_ETIMEDOUT, "timed out waiting for a handle")                                       \
-    X(LEASH_EBUSY, "pool busy: too many waiters")                                              \
-    X(LEASH_ECONNECT, "could not connect")                                                     \
-    X(LEASH_EINVAL, "invalid argument")                                                        \
-    X(LEASH_ECLOSED, "pool closed")                                                            \
-    X(LEASH_ENOMEM, "out of memory")                                                           \
-    X(LEASH_EEXIST, "already exists")                                                          \
-    X(LEASH_ENOTFOUND, "not found")                                                            \
-    X(LEASH_EMISUSE, "handle misuse")                                                          \
+#define LEASH_STATUS_MAP(X)                                                                        \
+    X(LEASH_OK, "success")                                                                         \
+    X(LEASH_ETIMEDOUT, "timed out waiting for a handle")                                           \
+    X(LEASH_EBUSY, "pool busy: too many waiters")                                                  \
+    X(LEASH_ECONNECT, "could not connect")                                                         \
+    X(LEASH_EINVAL, "invalid argument")                                                            \
+    X(LEASH_ECLOSED, "pool closed")                                                                \
+    X(LEASH_ENOMEM, "out of memory")                                                               \
+    X(LEASH_EEXIST, "already exists")                                                              \
+    X(LEASH_ENOTFOUND, "not found")                                                                \
+    X(LEASH_EMISUSE, "handle misuse")                                                              \
     X(LEASH_EIO, "I/O error on the connection")
 
 #define LEASH_STATUS_STR(code, text) [code] = text,

@@ -185,8 +185,7 @@ static void maint_start_locked(void)
         if (pthread_create(&g.maint_thread, NULL, maint_main, NULL) == 0)
             g.maint_running = 1;
         else
-            leash__log(LEASH_LOG_ERROR, "cannot start the maintenance thread: %s",
-                       strerror(errno));
+            leash__log(LEASH_LOG_ERROR, "cannot start the maintenance thread: %s", strerror(errno));
     }
     pthread_mutex_unlock(&g.maint_lock);
 }
@@ -225,8 +224,7 @@ static int env_bool(const char *name, int *out)
     const char *v = getenv(name);
     if (!v || !*v)
         return 0;
-    if (!strcmp(v, "1") || !strcasecmp(v, "true") || !strcasecmp(v, "yes") ||
-        !strcasecmp(v, "on"))
+    if (!strcmp(v, "1") || !strcasecmp(v, "true") || !strcasecmp(v, "yes") || !strcasecmp(v, "on"))
         *out = 1;
     else if (!strcmp(v, "0") || !strcasecmp(v, "false") || !strcasecmp(v, "no") ||
              !strcasecmp(v, "off"))
@@ -310,8 +308,8 @@ static leash_status init_locked(const leash_config *cfg)
         sa.sa_flags = SA_RESTART;
         sigemptyset(&sa.sa_mask);
         if (sigaction(g.stats_signal, &sa, &g.old_action) != 0) {
-            leash__log(LEASH_LOG_WARN, "cannot install the stats signal %d: %s",
-                       g.stats_signal, strerror(errno));
+            leash__log(LEASH_LOG_WARN, "cannot install the stats signal %d: %s", g.stats_signal,
+                       strerror(errno));
             g.stats_signal = 0;
         }
     }
@@ -447,4 +445,3 @@ void leash_shutdown(void)
     atomic_store(&g.ready, 0);
     pthread_mutex_unlock(&g.lock);
 }
-

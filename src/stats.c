@@ -233,13 +233,26 @@ _Static_assert(NMETRICS <= 32, "the dump baseline holds every metric");
 
 static void values(const leash_pool_stats *s, uint64_t *v)
 {
-    uint64_t all[] = {s->max_size,        s->size,          s->in_use,
-                      s->idle,            s->waiting,       s->created,
-                      s->destroyed,       s->acquired,      s->released,
-                      s->timeouts,        s->rejected,      s->connect_failures,
-                      s->validation_failures, s->discarded, s->dirty_returns,
-                      s->leaks_reclaimed, s->leaks_suspected, s->leaks_at_close,
-                      s->returned_late,   s->misuse};
+    uint64_t all[] = {s->max_size,
+                      s->size,
+                      s->in_use,
+                      s->idle,
+                      s->waiting,
+                      s->created,
+                      s->destroyed,
+                      s->acquired,
+                      s->released,
+                      s->timeouts,
+                      s->rejected,
+                      s->connect_failures,
+                      s->validation_failures,
+                      s->discarded,
+                      s->dirty_returns,
+                      s->leaks_reclaimed,
+                      s->leaks_suspected,
+                      s->leaks_at_close,
+                      s->returned_late,
+                      s->misuse};
     _Static_assert(sizeof all / sizeof all[0] == NMETRICS, "one value per metric");
     memcpy(v, all, sizeof all);
 }
@@ -289,7 +302,7 @@ static uint32_t group_sites(struct leash_pool *p, struct site *sites, uint32_t *
 }
 
 /* Visits every pool; the shutdown waits while leash__dumping is non-zero. */
-#define FOR_EACH_POOL(p)                                                                       \
+#define FOR_EACH_POOL(p)                                                                           \
     for (struct leash_pool *p = atomic_load(&leash__pools); p; p = atomic_load(&p->next_all))
 
 /* ---- text ---- */
@@ -525,8 +538,7 @@ static void dump_prometheus(struct out *o)
     char name[96];
     for (size_t i = 0; i < NMETRICS; i++) {
         size_t n = 0;
-        const char *parts[] = {"leash_pool_", metrics[i].name,
-                               metrics[i].gauge ? "" : "_total"};
+        const char *parts[] = {"leash_pool_", metrics[i].name, metrics[i].gauge ? "" : "_total"};
         for (size_t k = 0; k < 3; k++) {
             size_t l = strlen(parts[k]);
             memcpy(name + n, parts[k], l);
@@ -607,8 +619,8 @@ static void dump_prometheus(struct out *o)
 
 int leash_stats_dump(int fd, leash_format fmt)
 {
-    if (fd < 0 || (fmt != LEASH_FORMAT_TEXT && fmt != LEASH_FORMAT_JSON &&
-                   fmt != LEASH_FORMAT_PROMETHEUS))
+    if (fd < 0 ||
+        (fmt != LEASH_FORMAT_TEXT && fmt != LEASH_FORMAT_JSON && fmt != LEASH_FORMAT_PROMETHEUS))
         return -1;
     struct out o;
     o.fd = fd;
@@ -628,8 +640,8 @@ int leash_stats_dump(int fd, leash_format fmt)
 
 /* ---- leak reports ---- */
 
-static void handle_line(struct out *o, struct leash_pool *p, struct leash_handle *s,
-                        uint64_t now, const char *why)
+static void handle_line(struct out *o, struct leash_pool *p, struct leash_handle *s, uint64_t now,
+                        const char *why)
 {
     uint64_t since = atomic_load_explicit(&s->since_ns, memory_order_relaxed);
     o_str(o, "leash: pool \"");

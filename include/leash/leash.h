@@ -86,8 +86,10 @@ LEASH_EXPORT void leash_set_log(leash_log_fn fn, void *arg);
 enum {
     LEASH_RESET_CLEAN = 0,   /* reusable as it is */
     LEASH_RESET_CLEANED = 1, /* the borrower left state behind; cleaned, reusable (dirty_returns) */
-    LEASH_RESET_DIRTY = 2,   /* the borrower left state behind; cannot clean: destroy (dirty_returns) */
-    LEASH_RESET_BROKEN = -1  /* the connection failed (I/O, server gone): destroy, not the borrower's fault */
+    LEASH_RESET_DIRTY =
+        2, /* the borrower left state behind; cannot clean: destroy (dirty_returns) */
+    LEASH_RESET_BROKEN =
+        -1 /* the connection failed (I/O, server gone): destroy, not the borrower's fault */
 };
 typedef struct leash_adapter {
     const char *kind; /* "redis", "pg", "http", ... */
@@ -181,11 +183,11 @@ LEASH_EXPORT void leash__guard_release(leash_handle **h);
 #if defined(__GNUC__) || defined(__clang__)
 #define LEASH_GUARD __attribute__((__cleanup__(leash__guard_check)))
 #define LEASH_AUTO __attribute__((__cleanup__(leash__guard_release)))
-#define LEASH_TAKE(h)                                                                          \
-    __extension__({                                                                            \
-        leash_handle *leash__taken_ = (h);                                                     \
-        (h) = NULL;                                                                            \
-        leash__taken_;                                                                         \
+#define LEASH_TAKE(h)                                                                              \
+    __extension__({                                                                                \
+        leash_handle *leash__taken_ = (h);                                                         \
+        (h) = NULL;                                                                                \
+        leash__taken_;                                                                             \
     })
 #endif
 

@@ -19,10 +19,10 @@ struct fake_stats {
 };
 
 extern struct fake_stats fake;
-extern _Atomic int fake_fail_connect;   /* connect fails while non-zero */
+extern _Atomic int fake_fail_connect; /* connect fails while non-zero */
 extern _Atomic int fake_connect_delay_ms;
 extern _Atomic int fake_validate_result;
-extern const leash_adapter fake_adapter;          /* no describe: the core redacts */
+extern const leash_adapter fake_adapter;           /* no describe: the core redacts */
 extern const leash_adapter fake_adapter_described; /* with describe and ctx_free */
 
 /* Zeroes the counters and knobs. */

@@ -298,16 +298,25 @@ static void test_misuse_logged_once_per_site(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_auto_releases_at_scope_exit, setup_strict, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_guard_quiet_when_released, setup_strict, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_guard_reclaims_in_default_mode, setup_default, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_guard_aborts_in_strict_mode_with_site, setup_strict, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_double_release_counts_misuse, setup_default, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_double_release_aborts_in_strict_mode, setup_strict, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_strict_dirty_aborts_broken_does_not, setup_strict, teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_auto_releases_at_scope_exit, setup_strict,
+                                        teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_guard_quiet_when_released, setup_strict,
+                                        teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_guard_reclaims_in_default_mode, setup_default,
+                                        teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_guard_aborts_in_strict_mode_with_site, setup_strict,
+                                        teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_double_release_counts_misuse, setup_default,
+                                        teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_double_release_aborts_in_strict_mode, setup_strict,
+                                        teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_strict_dirty_aborts_broken_does_not, setup_strict,
+                                        teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_take_moves_ownership, setup_strict, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_guard_after_release_through_copy, setup_strict, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_misuse_logged_once_per_site, setup_default, teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_guard_after_release_through_copy, setup_strict,
+                                        teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_misuse_logged_once_per_site, setup_default,
+                                        teardown_no_leaks),
     };
     return cmocka_run_group_tests_name("guard", tests, NULL, NULL);
 }

@@ -135,10 +135,22 @@ static int waiting_is(leash_pool *p, uint32_t n)
     leash_pool_stats_get(p, &st);
     return st.waiting == n;
 }
-static int one_waiting(leash_pool *p) { return waiting_is(p, 1); }
-static int two_waiting(leash_pool *p) { return waiting_is(p, 2); }
-static int three_waiting(leash_pool *p) { return waiting_is(p, 3); }
-static int four_waiting(leash_pool *p) { return waiting_is(p, 4); }
+static int one_waiting(leash_pool *p)
+{
+    return waiting_is(p, 1);
+}
+static int two_waiting(leash_pool *p)
+{
+    return waiting_is(p, 2);
+}
+static int three_waiting(leash_pool *p)
+{
+    return waiting_is(p, 3);
+}
+static int four_waiting(leash_pool *p)
+{
+    return waiting_is(p, 4);
+}
 
 static void test_waiters_served_in_arrival_order(void **state)
 {
@@ -629,9 +641,11 @@ static void test_bad_input(void **state)
         assert_non_null(strstr(leash_last_error(), "must be >= 0"));
     }
     /* min_idle > max_size; max_size over the limit. */
-    assert_null(leash_pool_open("x", &fake_adapter, "t", &(leash_pool_options){.max_size = 2, .min_idle = 3}));
+    assert_null(leash_pool_open("x", &fake_adapter, "t",
+                                &(leash_pool_options){.max_size = 2, .min_idle = 3}));
     assert_non_null(strstr(leash_last_error(), "min_idle 3 is more than max_size 2"));
-    assert_null(leash_pool_open("x", &fake_adapter, "t", &(leash_pool_options){.max_size = 1 << 30}));
+    assert_null(
+        leash_pool_open("x", &fake_adapter, "t", &(leash_pool_options){.max_size = 1 << 30}));
     assert_int_equal(leash_last_status(), LEASH_EINVAL);
     /* A failed open_with frees the context it was given. */
     assert_null(leash_pool_open_with("", &fake_adapter_described, malloc(8), "t", NULL));
@@ -678,8 +692,8 @@ static void test_context_owned_and_described(void **state)
 {
     (void)state;
     char *ctx = malloc(16);
-    leash_pool *p = leash_pool_open_with("ctx", &fake_adapter_described, ctx,
-                                         "host?password=x", NULL);
+    leash_pool *p =
+        leash_pool_open_with("ctx", &fake_adapter_described, ctx, "host?password=x", NULL);
     assert_non_null(p);
     assert_int_equal(fake.describes, 1);
     leash_handle *h = leash_acquire(p);
@@ -692,22 +706,31 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_lazy_open_and_lifo_reuse, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_acquire_times_out_with_reason, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_waiters_served_in_arrival_order, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_max_waiters_answers_busy_at_once, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_close_wakes_waiters_with_closed, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_connect_failure_then_recovery, setup, teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_acquire_times_out_with_reason, setup,
+                                        teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_waiters_served_in_arrival_order, setup,
+                                        teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_max_waiters_answers_busy_at_once, setup,
+                                        teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_close_wakes_waiters_with_closed, setup,
+                                        teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_connect_failure_then_recovery, setup,
+                                        teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_validation_failure_replaces, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_default_validate_idle_not_on_hot_path, setup, teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_default_validate_idle_not_on_hot_path, setup,
+                                        teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_dirty_and_broken_returns, setup, teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_discard_destroys, setup, teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_idle_timeout_closes_idle, setup, teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_idle_timeout_keeps_min_idle, setup, teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_max_lifetime_replaces, setup, teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_min_idle_kept_warm, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_min_idle_backs_off_on_failure, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_suspected_leak_and_late_return, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_connect_happens_outside_the_lock, setup, teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_min_idle_backs_off_on_failure, setup,
+                                        teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_suspected_leak_and_late_return, setup,
+                                        teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_connect_happens_outside_the_lock, setup,
+                                        teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_threads_hammer_small_pool, setup, teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_bad_input, setup, teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_context_owned_and_described, setup, teardown_no_leaks),
