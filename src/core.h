@@ -53,6 +53,18 @@ struct leash_handle {
     _Atomic uint64_t acquired, released, hold_ns_total, hold_ns_max;
 };
 
+/* Where leaks and misuse happen: a small fixed table per pool, filled lock-free, so the
+ * dumps can say which borrow site leaks (reclaimed handles are no longer held). */
+#define LEASH_PROBLEM_SITES 16
+enum { PROB_RECLAIMED, PROB_SUSPECTED, PROB_AT_CLOSE, PROB_DIRTY, PROB_MISUSE, PROB_KINDS };
+struct leash_problem_site {
+    _Atomic(const char *) file;
+    _Atomic(const char *) func;
+    _Atomic int line;
+    _Atomic uint64_t n[PROB_KINDS];
+    _Atomic uint64_t base[PROB_KINDS]; /* at the last text dump */
+};
+
 struct leash_waiter {
     struct leash_waiter *next;
     pthread_cond_t cond;
@@ -108,6 +120,9 @@ struct leash_pool {
     LEASH_POOL_COUNTERS(LEASH_DECLARE_COUNTER)
     _Atomic uint64_t wait_ns_total, wait_ns_max;
 
+    struct leash_problem_site problems[LEASH_PROBLEM_SITES];
+    _Atomic uint64_t problems_elsewhere; /* the table was full */
+
     /* the text dump's baseline ("changed since the last dump") */
     _Atomic int base_valid;
     _Atomic uint64_t base[32];
@@ -155,6 +170,8 @@ void leash__pool_destroy_orphans(struct leash_pool *p);
 void leash__pool_lock_all(int lock);
 
 /* ---- stats (stats.c) ---- */
+/* Counts a leak or misuse of kind PROB_* at s's borrow site. Lock-free. */
+void leash__count_problem(struct leash_pool *p, struct leash_handle *s, int kind);
 uint32_t leash__pool_in_use(const struct leash_pool *p);
 /* Writes the held handles of p to fd, one line each; returns their count. AS-safe. */
 int leash__report_held(int fd, struct leash_pool *p, const char *why);

@@ -211,6 +211,7 @@ void leash_pool_close(leash_pool *p)
         int expect = SLOT_HELD;
         if (atomic_compare_exchange_strong(&p->slots[i].state, &expect, SLOT_ORPHANED)) {
             count(&p->leaks_at_close);
+            leash__count_problem(p, &p->slots[i], PROB_AT_CLOSE);
             orphaned++;
         }
     }
@@ -307,6 +308,7 @@ static void check_leaks(struct leash_pool *p, uint64_t now)
             continue;
         atomic_store(&s->suspected, seq);
         count(&p->leaks_suspected);
+        leash__count_problem(p, s, PROB_SUSPECTED);
         const char *file = atomic_load_explicit(&s->file, memory_order_relaxed);
         int line = atomic_load_explicit(&s->line, memory_order_relaxed);
         leash__log(LEASH_LOG_WARN,

@@ -389,6 +389,7 @@ static void misuse(struct leash_handle *s, const char *what)
 {
     struct leash_pool *p = s->pool;
     count(&p->misuse);
+    leash__count_problem(p, s, PROB_MISUSE);
     char msg[200];
     snprintf(msg, sizeof msg, "%s (the handle is %s)", what, state_name(atomic_load(&s->state)));
     if (leash__is_strict())
@@ -442,10 +443,12 @@ static inline void give_back(struct leash_pool *p, struct leash_handle *s, int h
         drop_slot(p, s);
         return;
     }
-    if (how == END_RELEASE)
+    if (how == END_RELEASE) {
         own_inc(&s->released, 1);
-    else
+    } else {
         count(&p->leaks_reclaimed);
+        leash__count_problem(p, s, PROB_RECLAIMED);
+    }
 
     if (LEASH_UNLIKELY(atomic_load_explicit(&s->broken, memory_order_relaxed) ||
                        s->conn_gen !=
@@ -459,6 +462,7 @@ static inline void give_back(struct leash_pool *p, struct leash_handle *s, int h
         if (LEASH_UNLIKELY(r != LEASH_RESET_CLEAN)) {
             if (r == LEASH_RESET_CLEANED || r == LEASH_RESET_DIRTY) {
                 count(&p->dirty_returns);
+                leash__count_problem(p, s, PROB_DIRTY);
                 if (leash__is_strict() && how == END_RELEASE)
                     leash__strict_abort(p, s,
                                         r == LEASH_RESET_CLEANED

@@ -257,6 +257,50 @@ static void values(const leash_pool_stats *s, uint64_t *v)
     memcpy(v, all, sizeof all);
 }
 
+/* ---- problem sites ---- */
+
+static const char *const prob_name[PROB_KINDS] = {"reclaimed", "suspected", "at_close", "dirty",
+                                                  "misuse"};
+
+void leash__count_problem(struct leash_pool *p, struct leash_handle *s, int kind)
+{
+    const char *file = atomic_load_explicit(&s->file, memory_order_relaxed);
+    const char *func = atomic_load_explicit(&s->func, memory_order_relaxed);
+    int line = atomic_load_explicit(&s->line, memory_order_relaxed);
+    if (!file)
+        file = "?";
+    for (int i = 0; i < LEASH_PROBLEM_SITES; i++) {
+        struct leash_problem_site *ps = &p->problems[i];
+        const char *cur = atomic_load(&ps->file);
+        if (!cur) {
+            const char *expect = NULL;
+            if (atomic_compare_exchange_strong(&ps->file, &expect, file)) {
+                atomic_store(&ps->func, func);
+                atomic_store(&ps->line, line);
+                atomic_fetch_add(&ps->n[kind], 1);
+                return;
+            }
+            cur = expect;
+        }
+        if (cur == file && atomic_load(&ps->line) == line) {
+            atomic_fetch_add(&ps->n[kind], 1);
+            return;
+        }
+    }
+    atomic_fetch_add(&p->problems_elsewhere, 1);
+}
+
+/* The problem sites of p with any count, in table order. */
+static int problem_used(struct leash_problem_site *ps)
+{
+    if (!atomic_load(&ps->file) || !atomic_load(&ps->line))
+        return 0;
+    for (int k = 0; k < PROB_KINDS; k++)
+        if (atomic_load_explicit(&ps->n[k], memory_order_relaxed))
+            return 1;
+    return 0;
+}
+
 /* Held handles of one pool grouped by borrow site. */
 #define MAX_SITES 32
 struct site {
@@ -385,6 +429,49 @@ static void text_pool(struct out *o, struct leash_pool *p, uint64_t now, int sin
         }
     }
 
+    /* Leaks and misuse by borrow site, with what is new since the last text dump. */
+    int titled = 0;
+    for (int i = 0; i < LEASH_PROBLEM_SITES; i++) {
+        struct leash_problem_site *ps = &p->problems[i];
+        if (!problem_used(ps))
+            continue;
+        if (!titled)
+            o_str(o, "  leaks and misuse by borrow site (since the last dump):\n");
+        titled = 1;
+        o_str(o, "    ");
+        for (int k = 0, first = 1; k < PROB_KINDS; k++) {
+            uint64_t cnt = atomic_load_explicit(&ps->n[k], memory_order_relaxed);
+            if (!cnt)
+                continue;
+            uint64_t was = atomic_load_explicit(&ps->base[k], memory_order_relaxed);
+            if (!first)
+                o_str(o, ", ");
+            first = 0;
+            o_u64(o, cnt);
+            o_str(o, " ");
+            o_str(o, prob_name[k]);
+            if (atomic_load(&p->base_valid) && cnt > was) {
+                o_str(o, " (+");
+                o_u64(o, cnt - was);
+                o_str(o, ")");
+            }
+            atomic_store_explicit(&ps->base[k], cnt, memory_order_relaxed);
+        }
+        o_str(o, "  ");
+        o_str(o, atomic_load(&ps->file));
+        o_str(o, ":");
+        o_i64(o, atomic_load(&ps->line));
+        o_str(o, " in ");
+        o_str(o, atomic_load(&ps->func));
+        o_str(o, "()\n");
+    }
+    uint64_t elsewhere = atomic_load(&p->problems_elsewhere);
+    if (elsewhere) {
+        o_str(o, "    ");
+        o_u64(o, elsewhere);
+        o_str(o, " more at other sites\n");
+    }
+
     /* What changed since the previous text dump; this dump becomes the baseline. */
     if (!atomic_load(&p->base_valid)) {
         o_str(o, "  changes: new since the last dump\n");
@@ -504,7 +591,28 @@ static void dump_json(struct out *o)
         }
         o_str(o, "],\"held_other_sites\":");
         o_u64(o, others);
-        o_str(o, "}");
+        o_str(o, ",\"problem_sites\":[");
+        for (int i = 0, first_site = 1; i < LEASH_PROBLEM_SITES; i++) {
+            struct leash_problem_site *ps = &p->problems[i];
+            if (!problem_used(ps))
+                continue;
+            o_str(o, first_site ? "{\"file\":\"" : ",{\"file\":\"");
+            first_site = 0;
+            o_esc(o, atomic_load(&ps->file));
+            o_str(o, "\",\"line\":");
+            o_i64(o, atomic_load(&ps->line));
+            o_str(o, ",\"func\":\"");
+            o_esc(o, atomic_load(&ps->func));
+            o_str(o, "\"");
+            for (int k = 0; k < PROB_KINDS; k++) {
+                o_str(o, ",\"");
+                o_str(o, prob_name[k]);
+                o_str(o, "\":");
+                o_u64(o, atomic_load_explicit(&ps->n[k], memory_order_relaxed));
+            }
+            o_str(o, "}");
+        }
+        o_str(o, "]}");
     }
     o_str(o, "]}\n");
 }
@@ -617,6 +725,40 @@ static void dump_prometheus(struct out *o)
     }
 }
 
+static void prom_problems(struct out *o)
+{
+    prom_head(o, "leash_problems_total",
+              "Leaks and misuse by borrow site (kind: reclaimed, suspected, at_close, dirty, "
+              "misuse).",
+              "counter");
+    FOR_EACH_POOL(p)
+    {
+        for (int i = 0; i < LEASH_PROBLEM_SITES; i++) {
+            struct leash_problem_site *ps = &p->problems[i];
+            if (!problem_used(ps))
+                continue;
+            for (int k = 0; k < PROB_KINDS; k++) {
+                uint64_t n = atomic_load_explicit(&ps->n[k], memory_order_relaxed);
+                if (!n)
+                    continue;
+                o_str(o, "leash_problems_total{pool=\"");
+                o_esc(o, p->name);
+                o_str(o, "\",site=\"");
+                o_esc(o, atomic_load(&ps->file));
+                o_str(o, ":");
+                o_i64(o, atomic_load(&ps->line));
+                o_str(o, "\",function=\"");
+                o_esc(o, atomic_load(&ps->func));
+                o_str(o, "\",kind=\"");
+                o_str(o, prob_name[k]);
+                o_str(o, "\"} ");
+                o_u64(o, n);
+                o_str(o, "\n");
+            }
+        }
+    }
+}
+
 int leash_stats_dump(int fd, leash_format fmt)
 {
     if (fd < 0 ||
@@ -631,8 +773,10 @@ int leash_stats_dump(int fd, leash_format fmt)
         dump_text(&o);
     else if (fmt == LEASH_FORMAT_JSON)
         dump_json(&o);
-    else
+    else {
         dump_prometheus(&o);
+        prom_problems(&o);
+    }
     o_flush(&o);
     atomic_fetch_sub(&leash__dumping, 1);
     return o.err ? -1 : 0;

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 static int setup_default(void **state)
 {
@@ -107,6 +108,19 @@ static void test_guard_reclaims_in_default_mode(void **state)
     assert_int_equal(st.created, 1); /* reclaimed clean: reused */
     assert_int_equal(leash_pool_leaks(p), 3);
     assert_balanced(p);
+
+    /* The dump names the leaking site, though the handles are no longer held. */
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    assert_int_equal(leash_stats_dump(fds[1], LEASH_FORMAT_TEXT), 0);
+    close(fds[1]);
+    char *text = slurp_fd(fds[0]);
+    close(fds[0]);
+    char site[160];
+    snprintf(site, sizeof site, "3 reclaimed  %s:%d in leaky_path()", __FILE__, leak_line);
+    assert_non_null(strstr(text, "leaks and misuse by borrow site"));
+    assert_non_null(strstr(text, site));
+    free(text);
 }
 
 static void guard_leak_child(void *arg)
