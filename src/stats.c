@@ -380,18 +380,27 @@ static void text_pool(struct out *o, struct leash_pool *p, uint64_t now, int sin
     o_str(o, " idle, ");
     o_u64(o, st.waiting);
     o_str(o, " waiting\n");
-    for (size_t i = 5; i < NMETRICS; i++) {
-        if (i == 5 || i == 15)
-            o_str(o, i == 5 ? "  " : "\n  ");
-        else
-            o_str(o, "  ");
-        o_str(o, metrics[i].name);
-        o_str(o, " ");
-        o_u64(o, v[i]);
-        if (i == 9)
-            o_str(o, "\n ");
+    /* Three lines, connections opened, borrows and leaks, of "name value" pairs from the table. */
+    static const struct {
+        const char *title;
+        unsigned char idx[8]; /* metric indexes, 0 ends */
+    } lines[] = {
+        {"  opened:", {5, 6, 11, 12}},
+        {"  borrows:", {7, 8, 13, 14, 9, 10}},
+        {"  leaks:", {15, 16, 17, 18, 19}},
+    };
+    for (size_t l = 0; l < sizeof lines / sizeof lines[0]; l++) {
+        o_str(o, lines[l].title);
+        for (size_t k = 0; k < 8 && lines[l].idx[k]; k++) {
+            size_t i = lines[l].idx[k];
+            o_str(o, k ? ", " : " ");
+            o_str(o, metrics[i].name);
+            o_str(o, " ");
+            o_u64(o, v[i]);
+        }
+        o_str(o, "\n");
     }
-    o_str(o, "\n  wait avg ");
+    o_str(o, "  wait avg ");
     o_dur(o, st.acquired ? st.wait_ns_total / st.acquired : 0);
     o_str(o, " max ");
     o_dur(o, st.wait_ns_max);
