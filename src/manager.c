@@ -119,7 +119,7 @@ void leash__after_fork(void)
         pthread_mutex_lock(&g.maint_lock);
         g.maint_running = 0;
         g.maint_stop = 0;
-        pthread_cond_destroy(&g.maint_cond);
+        /* Not pthread_cond_destroy: it waits for the parent's waiter, which never comes. */
         pthread_condattr_t ca;
         pthread_condattr_init(&ca);
         pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
