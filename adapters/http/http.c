@@ -50,8 +50,9 @@ typedef struct http_conn {
     int over;   /* the body went over max_body */
     char *buf;  /* the response being received */
     size_t len, cap;
-    char *url;
+    char *url; /* the last URL given to curl */
     size_t url_cap;
+    int url_set; /* curl holds url (a raw borrow may have changed it) */
     char errbuf[CURL_ERROR_SIZE];
 } http_conn;
 
@@ -153,8 +154,7 @@ static leash_status check_base(const char *url)
             if (!isxdigit((unsigned char)*q) && *q != ':' && *q != '.')
                 return leash__fail(LEASH_EINVAL, "http pool: bad base URL: bad IPv6 host");
         if (close + 1 < end && close[1] != ':')
-            return leash__fail(LEASH_EINVAL,
-                               "http pool: bad base URL: junk after the IPv6 host");
+            return leash__fail(LEASH_EINVAL, "http pool: bad base URL: junk after the IPv6 host");
         if (close + 1 < end)
             port = close + 2;
     } else {
@@ -165,8 +165,7 @@ static leash_status check_base(const char *url)
         for (const char *q = host; q < hend; q++)
             if (!host_char((unsigned char)*q))
                 return leash__fail(LEASH_EINVAL,
-                                   "http pool: bad base URL: bad character '%c' in the host",
-                                   *q);
+                                   "http pool: bad base URL: bad character '%c' in the host", *q);
         if (colon)
             port = colon + 1;
     }
@@ -183,8 +182,8 @@ static leash_status check_base(const char *url)
             v = v * 10 + (*q - '0');
         }
         if (v < 1 || v > 65535)
-            return leash__fail(LEASH_EINVAL,
-                               "http pool: bad base URL: port %ld is not 1..65535", v);
+            return leash__fail(LEASH_EINVAL, "http pool: bad base URL: port %ld is not 1..65535",
+                               v);
     }
     if (strpbrk(end, "?#"))
         return leash__fail(LEASH_EINVAL,
@@ -213,12 +212,12 @@ static int apply_defaults(http_conn *c, char *err, size_t errlen)
     CURL *e = c->curl;
     CURLcode rc = CURLE_OK;
     const char *what = "";
-#define SET(opt, val)                                                                          \
-    do {                                                                                       \
-        if (rc == CURLE_OK) {                                                                  \
-            rc = curl_easy_setopt(e, opt, val);                                                \
-            what = #opt;                                                                       \
-        }                                                                                      \
+#define SET(opt, val)                                                                              \
+    do {                                                                                           \
+        if (rc == CURLE_OK) {                                                                      \
+            rc = curl_easy_setopt(e, opt, val);                                                    \
+            what = #opt;                                                                           \
+        }                                                                                          \
     } while (0)
     SET(CURLOPT_NOSIGNAL, 1L);
     SET(CURLOPT_PROTOCOLS_STR, "http,https");
@@ -287,6 +286,7 @@ static int http_reset(void *arg, void *conn)
         curl_easy_setopt(c->curl, CURLOPT_COOKIEFILE, NULL);
         c->raw = 0;
         c->method = 0;
+        c->url_set = 0;
         if (apply_defaults(c, err, sizeof err) != 0)
             return LEASH_RESET_DIRTY;
         return LEASH_RESET_CLEAN;
@@ -385,8 +385,8 @@ static leash_status copy_options(http_ctx *ctx, const leash_http_options *o)
         return leash__fail(LEASH_EINVAL,
                            "http pool: connect_timeout_ms and timeout_ms must be >= 0 "
                            "(0 means the default)");
-    ctx->connect_timeout_ms = o->connect_timeout_ms ? o->connect_timeout_ms
-                                                    : HTTP_CONNECT_TIMEOUT_MS;
+    ctx->connect_timeout_ms =
+        o->connect_timeout_ms ? o->connect_timeout_ms : HTTP_CONNECT_TIMEOUT_MS;
     ctx->timeout_ms = o->timeout_ms ? o->timeout_ms : HTTP_TIMEOUT_MS;
     ctx->max_body = o->max_body ? o->max_body : HTTP_MAX_BODY;
     ctx->insecure = o->insecure != 0;
@@ -464,8 +464,7 @@ leash_pool *leash_http_pool_with(const char *name, const char *base_url,
     return leash_pool_open_with(name, &leash_http_adapter, ctx, base_url, opts);
 }
 
-leash_pool *leash_http_pool(const char *name, const char *base_url,
-                            const leash_pool_options *opts)
+leash_pool *leash_http_pool(const char *name, const char *base_url, const leash_pool_options *opts)
 {
     return leash_http_pool_with(name, base_url, opts, NULL);
 }
@@ -521,12 +520,14 @@ static int set_method(http_conn *c, const char *method, const char *body, size_t
     CURL *e = c->curl;
     int rc = 0;
     if (strcmp(method, "GET") == 0 && !body) {
-        if (c->method) {
+        /* A fresh or reset handle is already a GET: nothing to set on the common path. */
+        if (c->method || c->raw) {
             rc |= curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
             rc |= curl_easy_setopt(e, CURLOPT_POSTFIELDS, NULL);
             rc |= curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)-1);
+            rc |= curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+            c->method = 0;
         }
-        rc |= curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
         return rc ? -1 : 0;
     }
     c->method = 1;
@@ -584,14 +585,17 @@ leash_status leash_http_request(leash_handle *h, const char *method, const char 
         c->url = u;
         c->url_cap = need;
     }
-    memcpy(c->url, ctx->base, ctx->base_len);
-    size_t at = ctx->base_len;
-    if (path[0] != '/')
-        c->url[at++] = '/';
-    memcpy(c->url + at, path, plen + 1);
-
-    int bad = curl_easy_setopt(c->curl, CURLOPT_URL, c->url) != CURLE_OK ||
+    /* curl keeps its own copy of the URL: set it only when it changed. */
+    size_t at = ctx->base_len + (path[0] != '/');
+    int same = c->url_set && !c->raw && strcmp(c->url + at, path) == 0;
+    if (!same) {
+        memcpy(c->url, ctx->base, ctx->base_len);
+        c->url[ctx->base_len] = '/';
+        memcpy(c->url + at, path, plen + 1);
+    }
+    int bad = (!same && curl_easy_setopt(c->curl, CURLOPT_URL, c->url) != CURLE_OK) ||
               set_method(c, method, body, len) != 0;
+    c->url_set = !bad;
     if (c->raw) /* the borrower may have pointed these elsewhere */
         bad = bad || curl_easy_setopt(c->curl, CURLOPT_WRITEFUNCTION, sink) != CURLE_OK ||
               curl_easy_setopt(c->curl, CURLOPT_WRITEDATA, c) != CURLE_OK ||
@@ -611,8 +615,9 @@ leash_status leash_http_request(leash_handle *h, const char *method, const char 
         leash_status st = LEASH_EIO;
         char msg[LEASH_ERR_MAX], clean[LEASH_ERR_MAX];
         if (over) {
-            snprintf(msg, sizeof msg, "http %s %.160s%s%.96s: response body over max_body (%zu bytes)",
-                     method, ctx->shown, path[0] == '/' ? "" : "/", path, ctx->max_body);
+            snprintf(msg, sizeof msg,
+                     "http %s %.160s%s%.96s: response body over max_body (%zu bytes)", method,
+                     ctx->shown, path[0] == '/' ? "" : "/", path, ctx->max_body);
         } else {
             if (rc == CURLE_OPERATION_TIMEDOUT)
                 st = LEASH_ETIMEDOUT;

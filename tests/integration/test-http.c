@@ -72,8 +72,8 @@ static void get_ok(leash_handle *h, const char *path, long status, const char *w
 }
 
 /* A request that must fail with st; the response must come back empty. */
-static void request_fails(leash_handle *h, const char *method, const char *path,
-                          leash_status st, const char *msg_part)
+static void request_fails(leash_handle *h, const char *method, const char *path, leash_status st,
+                          const char *msg_part)
 {
     leash_http_response r = {.status = 7, .body = (char *)"junk", .len = 4};
     assert_int_equal(leash_http_request(h, method, path, NULL, 0, &r), st);
@@ -816,20 +816,15 @@ static void test_bad_options(void **state)
     const char *noname[] = {": value", NULL};
     const char *nocolon[] = {"X-A 1", NULL};
     const leash_http_options bad[] = {
-        {.connect_timeout_ms = -1},
-        {.timeout_ms = -5},
-        {.headers = crlf},
-        {.headers = noname},
-        {.headers = nocolon},
-        {.ca_file = "/nonexistent/ca.pem"},
+        {.connect_timeout_ms = -1}, {.timeout_ms = -5},   {.headers = crlf},
+        {.headers = noname},        {.headers = nocolon}, {.ca_file = "/nonexistent/ca.pem"},
     };
     const char *part[] = {"timeout", "timeout", "header 0", "header 0", "header 0", "ca_file"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         assert_null(leash_http_pool_with("opt", PLAIN, NULL, &bad[i]));
         assert_int_equal(leash_last_status(), LEASH_EINVAL);
         if (!strstr(leash_last_error(), part[i]))
-            fail_msg("options #%zu: \"%s\" does not name \"%s\"", i, leash_last_error(),
-                     part[i]);
+            fail_msg("options #%zu: \"%s\" does not name \"%s\"", i, leash_last_error(), part[i]);
     }
     /* A bad pool option (from the core) is refused too, and the context freed. */
     leash_pool_options neg = {.max_size = -1};
