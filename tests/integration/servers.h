@@ -2,7 +2,7 @@
 #ifndef LEASH_TEST_SERVERS_H
 #define LEASH_TEST_SERVERS_H
 
-/* Fixed loopback ports (unusual on purpose); tests/servers.d/*.sh use the same numbers. */
+/* Fixed loopback ports (unusual on purpose); tests/servers.d/NAME.sh use the same numbers. */
 #define SRV_REDIS_PORT 16379        /* no password */
 #define SRV_REDIS_AUTH_PORT 16380   /* requirepass SRV_REDIS_PASSWORD; ACL user app/app-pw */
 #define SRV_REDIS_PASSWORD "leash-redis-pw"
