@@ -280,10 +280,10 @@ static int http_reset(void *arg, void *conn)
     http_conn *c = conn;
     if (c->raw) {
         char err[128];
-        curl_easy_reset(c->curl);
-        /* curl_easy_reset keeps an enabled cookie engine and its cookies: drop both. */
-        curl_easy_setopt(c->curl, CURLOPT_COOKIELIST, "ALL");
+        /* curl_easy_reset keeps an enabled cookie engine and its cookies (and, in 7.88,
+         * leaks the cookie file list): NULL drops all three first. */
         curl_easy_setopt(c->curl, CURLOPT_COOKIEFILE, NULL);
+        curl_easy_reset(c->curl);
         c->raw = 0;
         c->method = 0;
         c->url_set = 0;
