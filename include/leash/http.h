@@ -23,7 +23,13 @@ typedef struct leash_http_options { /* zero: default */
 
 /* Opens a pool of HTTP clients for base_url (http:// or https://, host, optional port and
  * path prefix; no trailing '/' needed). Checked at once: a malformed URL returns NULL with
- * LEASH_EINVAL. opts NULL: pool defaults. Copies its arguments. */
+ * LEASH_EINVAL. opts NULL: pool defaults. Copies its arguments.
+ * Each pooled easy handle keeps one live connection, made at its first request (so a
+ * refused connection is LEASH_EIO from the request, not LEASH_ECONNECT from acquire).
+ * Handles are set up with: protocols http and https only; redirects not followed (a 3xx
+ * is a response), and if a borrower turns CURLOPT_FOLLOWLOCATION on, https targets only,
+ * at most 5; no cookie engine; CURLOPT_NOSIGNAL; never CURLOPT_VERBOSE. DNS and TLS
+ * sessions are shared within the pool, connections are not. */
 LEASH_EXPORT leash_pool *leash_http_pool(const char *name, const char *base_url,
                                          const leash_pool_options *opts);
 /* The same with adapter options (http NULL: defaults). */
@@ -31,8 +37,10 @@ LEASH_EXPORT leash_pool *leash_http_pool_with(const char *name, const char *base
                                               const leash_pool_options *opts,
                                               const leash_http_options *http);
 /* The curl easy handle of a held HTTP handle, or NULL (h NULL, not held, not HTTP).
- * Borrowed; options set on it apply until release, when it is reset to the pool's
- * defaults (the live connection is kept). */
+ * Borrowed; options set on it apply until release (leash_http_get/request still use their
+ * own URL, method, body and response sink), when it is reset to the pool's defaults with
+ * curl_easy_reset and its cookies dropped (the live connection is kept). Do not call
+ * curl_easy_cleanup on it, and keep CURLOPT_MAXCONNECTS at 1 if the process forks. */
 LEASH_EXPORT CURL *leash_http(leash_handle *h);
 
 typedef struct leash_http_response {
