@@ -68,7 +68,11 @@ if [ ! -f "$build/build.ninja" ]; then
     meson setup "$build" --buildtype=debugoptimized >"$tmp/setup.log" 2>&1 ||
         { cat "$tmp/setup.log" >&2; exit 1; }
 fi
-meson compile -C "$build" orders orders-seed leak-hunt 2>&1 | tail -n 3 | sed 's/^/    /'
+if ! meson compile -C "$build" orders orders-seed leak-hunt >"$tmp/compile.log" 2>&1; then
+    cat "$tmp/compile.log" >&2
+    exit 1
+fi
+note "built: $(tail -n 1 "$tmp/compile.log")"
 bin=$build/examples
 
 say "Starting the servers on 127.0.0.1 (tests/servers.sh start)"
