@@ -73,14 +73,18 @@ static int seed_database(struct service *svc)
 static int publish_prices(struct service *svc, const char *www)
 {
     char path[4096];
-    snprintf(path, sizeof path, "%s/prices", www);
+    if (snprintf(path, sizeof path, "%s/prices", www) >= (int)sizeof path - 16) {
+        service_warn(svc, "the nginx folder name is too long");
+        return -1;
+    }
     if (mkdir(path, 0755) < 0 && errno != EEXIST) {
         service_warn(svc, "%s: %s (is the nginx of tests/servers.sh running?)", path,
                      strerror(errno));
         return -1;
     }
     for (int i = 1; i <= PRODUCTS; i++) {
-        snprintf(path, sizeof path, "%s/prices/SKU-%d.json", www, i);
+        if (snprintf(path, sizeof path, "%s/prices/SKU-%d.json", www, i) >= (int)sizeof path)
+            return -1;
         FILE *f = fopen(path, "w");
         if (!f) {
             service_warn(svc, "%s: %s", path, strerror(errno));
