@@ -19,7 +19,8 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-bold=$(tput bold 2>/dev/null || true) plain=$(tput sgr0 2>/dev/null || true)
+bold= plain=
+if [ -t 1 ]; then bold=$(tput bold 2>/dev/null || true) plain=$(tput sgr0 2>/dev/null || true); fi
 step=0
 say() {
     step=$((step + 1))
