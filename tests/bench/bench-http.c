@@ -9,29 +9,30 @@
 #include <string.h>
 #include <time.h>
 
-/* tests/servers.sh start nginx; override with LEASH_BENCH_URL (base, no path). */
+/* tests/servers.sh start nginx; LEASH_BENCH_URL overrides the base (no path). */
 #define BASE "http://127.0.0.1:18080"
 #define PATH "/small"
-#define SLICE_MS 150
-#define SLICES 10 /* per mode; leash and reused alternate, so load changes hit both */
+#define RUN_MS 3000 /* per thread count: each thread alternates leash and reused batches */
+#define BATCH 20
+#define FRESH_MS 600
+#define MAX_PAIRS 20000
 
 enum mode { LEASH, REUSED, FRESH };
-static const char *mode_name[] = {"leash pool", "reused easy handle", "new easy handle"};
 
-static const char *base = BASE;
 static char url[512];
 static leash_pool *pool;
-static _Atomic int stop;
 static _Atomic long failures;
+static double pairs[MAX_PAIRS]; /* leash/reused speed of one pair of batches */
+static _Atomic int npairs;
 
-static double now_s(void)
+static double now_s(clockid_t clock)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(clock, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* The baselines keep the body like leash does, in one buffer reused per thread. */
+/* The baselines keep the body too, in a buffer reused per thread. */
 struct body {
     char buf[4096];
     size_t len;
@@ -48,108 +49,120 @@ static size_t keep(char *d, size_t sz, size_t n, void *arg)
     return add;
 }
 
-static void setup_easy(CURL *e, struct body *b)
+static CURL *easy(struct body *b)
 {
+    CURL *e = curl_easy_init();
     curl_easy_setopt(e, CURLOPT_URL, url);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, keep);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, b);
+    return e;
+}
+
+static int get(enum mode m, CURL *e, struct body *b)
+{
+    long status = 0;
+    if (m == LEASH) {
+        leash_handle *h = leash_acquire(pool);
+        leash_http_response r;
+        int ok = h && leash_http_get(h, PATH, &r) == LEASH_OK && r.status == 200;
+        if (ok)
+            leash_http_response_free(&r);
+        leash_release(&h);
+        return ok;
+    }
+    CURL *f = m == FRESH ? easy(b) : e;
+    b->len = 0;
+    int ok = curl_easy_perform(f) == CURLE_OK &&
+             curl_easy_getinfo(f, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK && status == 200;
+    if (m == FRESH)
+        curl_easy_cleanup(f);
+    return ok;
 }
 
 struct worker {
-    enum mode mode;
-    long done;
-    double cpu; /* this thread's CPU seconds: less noisy than wall time on a busy machine */
+    int fresh;              /* 1: only new easy handles; 0: leash and reused in turn */
+    double ms;              /* how long */
+    long done[3];           /* requests per mode */
+    double secs[3], cpu[3]; /* wall and this thread's CPU time per mode */
 };
-
-static double cpu_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static void *run(void *arg)
 {
     struct worker *w = arg;
     struct body b;
-    CURL *e = NULL;
-    double c0 = cpu_s();
-    if (w->mode == REUSED) {
-        e = curl_easy_init();
-        setup_easy(e, &b);
-    }
-    while (!atomic_load_explicit(&stop, memory_order_relaxed)) {
-        int ok = 0;
-        if (w->mode == LEASH) {
-            leash_handle *h = leash_acquire(pool);
-            leash_http_response r;
-            ok = h && leash_http_get(h, PATH, &r) == LEASH_OK && r.status == 200;
-            if (ok)
-                leash_http_response_free(&r);
-            leash_release(&h);
-        } else if (w->mode == REUSED) {
-            long status = 0;
-            b.len = 0;
-            ok = curl_easy_perform(e) == CURLE_OK &&
-                 curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK && status == 200;
-        } else {
-            CURL *f = curl_easy_init();
-            long status = 0;
-            b.len = 0;
-            setup_easy(f, &b);
-            ok = curl_easy_perform(f) == CURLE_OK &&
-                 curl_easy_getinfo(f, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK && status == 200;
-            curl_easy_cleanup(f);
+    CURL *e = easy(&b);
+    double end = now_s(CLOCK_MONOTONIC) + w->ms / 1000;
+    for (int round = 0; now_s(CLOCK_MONOTONIC) < end; round++) {
+        double speed[2] = {0, 0};
+        for (int k = 0; k < (w->fresh ? 1 : 2); k++) {
+            enum mode m = w->fresh ? FRESH : (k + round) % 2 ? REUSED : LEASH;
+            double t0 = now_s(CLOCK_MONOTONIC), c0 = now_s(CLOCK_THREAD_CPUTIME_ID);
+            int ok = 0;
+            for (int i = 0; i < BATCH; i++)
+                ok += get(m, e, &b);
+            double dt = now_s(CLOCK_MONOTONIC) - t0;
+            w->cpu[m] += now_s(CLOCK_THREAD_CPUTIME_ID) - c0;
+            w->secs[m] += dt;
+            w->done[m] += ok;
+            atomic_fetch_add(&failures, BATCH - ok);
+            if (m != FRESH)
+                speed[m] = ok / dt;
         }
-        if (ok)
-            w->done++;
-        else
-            atomic_fetch_add(&failures, 1);
+        if (!w->fresh) {
+            int i = atomic_fetch_add(&npairs, 1);
+            if (i < MAX_PAIRS)
+                pairs[i] = speed[REUSED] > 0 ? speed[LEASH] / speed[REUSED] : 0;
+        }
     }
     curl_easy_cleanup(e);
-    w->cpu = cpu_s() - c0;
     return NULL;
 }
 
-/* Requests of nthreads threads in mode for ms milliseconds; *secs += the time taken,
- * *cpu += the threads' CPU time. */
-static long measure(enum mode mode, int nthreads, int ms, double *secs, double *cpu)
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Runs n threads; adds each mode's summed per-thread rate to rate[] and CPU us/request. */
+static void measure(int n, int fresh, double ms, double rate[3], double cpu_us[3])
 {
     pthread_t t[16];
     struct worker w[16];
-    atomic_store(&stop, 0);
-    double t0 = now_s();
-    for (int i = 0; i < nthreads; i++) {
-        w[i] = (struct worker){.mode = mode};
+    for (int i = 0; i < n; i++) {
+        w[i] = (struct worker){.fresh = fresh, .ms = ms};
         pthread_create(&t[i], NULL, run, &w[i]);
     }
-    struct timespec d = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&d, NULL);
-    atomic_store(&stop, 1);
-    long total = 0;
-    for (int i = 0; i < nthreads; i++) {
+    double cpu[3] = {0, 0, 0};
+    long done[3] = {0, 0, 0};
+    for (int i = 0; i < n; i++) {
         pthread_join(t[i], NULL);
-        total += w[i].done;
-        *cpu += w[i].cpu;
+        for (int m = 0; m < 3; m++) {
+            if (w[i].secs[m] > 0)
+                rate[m] += (double)w[i].done[m] / w[i].secs[m];
+            cpu[m] += w[i].cpu[m];
+            done[m] += w[i].done[m];
+        }
     }
-    *secs += now_s() - t0;
-    return total;
+    for (int m = 0; m < 3; m++)
+        if (done[m])
+            cpu_us[m] = cpu[m] / (double)done[m] * 1e6;
 }
 
 int main(void)
 {
-    const char *env = getenv("LEASH_BENCH_URL");
-    if (env && *env)
-        base = env;
+    const char *base = getenv("LEASH_BENCH_URL");
+    if (!base || !*base)
+        base = BASE;
     snprintf(url, sizeof url, "%s%s", base, PATH);
     curl_global_init(CURL_GLOBAL_DEFAULT);
-    printf("GET %s: %d slices of %d ms per mode, leash and reused alternating\n", url, SLICES,
-           SLICE_MS);
-    printf("req/s: %s | %s | %s; client CPU us per request: leash | reused\n", mode_name[LEASH],
-           mode_name[REUSED], mode_name[FRESH]);
-    printf("%-8s %10s %10s %10s %13s %8s %8s\n", "threads", "leash", "reused", "new",
-           "leash/reused", "cpu-l", "cpu-r");
+    printf("GET %s; each thread alternates batches of %d through leash and its own reused\n"
+           "easy handle for %d ms; req/s summed over threads; ratio = leash/reused (whole run,\n"
+           "and the median of batch pairs); client CPU us per request\n",
+           url, BATCH, RUN_MS);
+    printf("%-8s %10s %10s %10s %8s %8s %8s %8s\n", "threads", "leash", "reused", "new", "ratio",
+           "median", "cpu-l", "cpu-r");
     int counts[] = {1, 4};
     for (int c = 0; c < 2; c++) {
         int n = counts[c];
@@ -159,22 +172,20 @@ int main(void)
             fprintf(stderr, "bench-http: %s\n", leash_last_error());
             return 1;
         }
-        double secs[3] = {0, 0, 0}, cpu[3] = {0, 0, 0}, rate[3], warm = 0;
-        long reqs[3] = {0, 0, 0};
-        measure(LEASH, n, 100, &warm, &warm); /* warm the pool's connections */
-        for (int r = 0; r < SLICES; r++)
-            for (int m = LEASH; m <= REUSED; m++)
-                reqs[m] += measure((enum mode)m, n, SLICE_MS, &secs[m], &cpu[m]);
-        reqs[FRESH] = measure(FRESH, n, SLICE_MS * 4, &secs[FRESH], &cpu[FRESH]);
-        for (int m = 0; m < 3; m++)
-            rate[m] = (double)reqs[m] / secs[m];
-        printf("%-8d %10.0f %10.0f %10.0f %13.3f %8.1f %8.1f\n", n, rate[LEASH], rate[REUSED],
-               rate[FRESH], rate[LEASH] / rate[REUSED], cpu[LEASH] / (double)reqs[LEASH] * 1e6,
-               cpu[REUSED] / (double)reqs[REUSED] * 1e6);
+        double rate[3] = {0, 0, 0}, cpu[3] = {0, 0, 0};
+        atomic_store(&npairs, 0);
+        measure(n, 0, RUN_MS, rate, cpu);
+        int np = atomic_load(&npairs) < MAX_PAIRS ? atomic_load(&npairs) : MAX_PAIRS;
+        measure(n, 1, FRESH_MS, rate, cpu);
+        qsort(pairs, (size_t)np, sizeof pairs[0], cmp_double);
+        printf("%-8d %10.0f %10.0f %10.0f %8.3f %8.3f %8.1f %8.1f\n", n, rate[LEASH], rate[REUSED],
+               rate[FRESH], rate[LEASH] / rate[REUSED], np ? pairs[np / 2] : 0.0, cpu[LEASH],
+               cpu[REUSED]);
         leash_pool_close(pool);
     }
-    if (atomic_load(&failures))
-        printf("failed requests: %ld\n", atomic_load(&failures));
+    long f = atomic_load(&failures);
+    if (f)
+        printf("failed requests: %ld\n", f);
     leash_shutdown();
-    return atomic_load(&failures) ? 1 : 0;
+    return f ? 1 : 0;
 }
