@@ -409,11 +409,55 @@ static void fork_child(void *v)
     _exit(0);
 }
 
+#if defined(__SANITIZE_THREAD__)
+#define UNDER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define UNDER_TSAN 1
+#endif
+#endif
+
+#ifdef UNDER_TSAN
+static void *nothing(void *v)
+{
+    return v;
+}
+
+/* Starts and joins one thread: what leash's child does. */
+static void thread_in_child(void *v)
+{
+    (void)v;
+    pthread_t t;
+    if (pthread_create(&t, NULL, nothing, NULL) != 0)
+        _exit(1);
+    pthread_join(t, NULL);
+    _exit(0);
+}
+#endif
+
 static void test_fork_idle_and_held(void **state)
 {
     (void)state;
     leash_pool_options o = {.max_size = 4};
     leash_pool *p = leash_pool_open("forky", &fake_adapter, "fake://h", &o);
+#ifdef UNDER_TSAN
+    /* Some ThreadSanitizer runtimes (GCC 12's) die when a child of a multi-threaded process
+     * starts a thread ("dup thread with used id"), whatever the code under test does; the
+     * child here must restart leash's maintenance thread. Probe the runtime: skip only when
+     * it is proven unable (the plain and ASan runs, and clang's TSan, run this test). */
+    sleep_ms(50);
+    char *probe_err = NULL;
+    int probe = run_child(thread_in_child, NULL, &probe_err);
+    int unable = !(WIFEXITED(probe) && WEXITSTATUS(probe) == 0) &&
+                 strstr(probe_err, "ThreadSanitizer") != NULL;
+    if (unable)
+        print_message("this ThreadSanitizer runtime cannot start threads after a "
+                      "multi-threaded fork: %s",
+                      probe_err);
+    free(probe_err);
+    if (unable)
+        skip();
+#endif
     leash_handle *held = leash_acquire(p), *idle = leash_acquire(p);
     assert_non_null(idle);
     struct fork_arg a = {.p = p, .held = held};
