@@ -245,17 +245,20 @@ int service_requeue(struct service *svc, long id)
     return r && r->type == REDIS_REPLY_INTEGER ? 0 : -1;
 }
 
-/* Pops one job id: 1 with *id set, 0 when the queue stayed empty, -1 on a failure. */
-static int pop_job(struct service *svc, long *id)
+/* Pops one job id: 1 with *id set, 0 when the queue stayed empty, -1 on a failure (said
+ * on stderr when say is set). */
+static int pop_job(struct service *svc, long *id, int say)
 {
     LEASH_AUTO leash_handle *h = leash_acquire(svc->redis);
     if (!h) {
-        service_warn(svc, "redis: %s", leash_last_error());
+        if (say)
+            service_warn(svc, "redis: %s", leash_last_error());
         return -1;
     }
     LEASH_REPLY redisReply *r = leash_redis_command(h, "BRPOP %s %d", svc->queue, POP_TIMEOUT_S);
     if (!r) {
-        service_warn(svc, "redis BRPOP: %s", leash_last_error());
+        if (say)
+            service_warn(svc, "redis BRPOP: %s", leash_last_error());
         return -1;
     }
     if (r->type == REDIS_REPLY_NIL)
@@ -283,17 +286,25 @@ static void *worker_main(void *p)
 {
     struct worker_arg *wa = p;
     struct service *svc = wa->svc;
+    int failures = 0; /* in a row: Redis is down or restarting */
     while (!atomic_load(&stopping)) {
         long id = 0;
-        int got = pop_job(svc, &id);
+        int got = pop_job(svc, &id, failures % 20 == 0);
+        if (got < 0) {
+            /* Back off (0.1 s, doubling up to 2 s) and keep trying: the pool reconnects
+             * when the server is back. */
+            long ms = failures < 5 ? 100L << failures : 2000;
+            struct timespec pause = {ms / 1000, ms % 1000 * 1000000L};
+            failures++;
+            nanosleep(&pause, NULL);
+            continue;
+        }
+        if (failures)
+            service_warn(svc, "redis is back after %d failed pops", failures);
+        failures = 0;
         if (got == 0) {
             if (svc->drain)
                 atomic_store(&stopping, 1);
-            continue;
-        }
-        if (got < 0) {
-            struct timespec pause = {0, 200 * 1000 * 1000};
-            nanosleep(&pause, NULL);
             continue;
         }
         unsigned long long expected = 0;
@@ -365,7 +376,10 @@ static void write_metrics(struct service *svc)
         rename(tmp, svc->metrics);
 }
 
-static double ms(uint64_t ns) { return (double)ns / 1e6; }
+static double ms(uint64_t ns)
+{
+    return (double)ns / 1e6;
+}
 
 static void print_pool(leash_pool *pool, FILE *out)
 {
