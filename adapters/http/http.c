@@ -568,6 +568,8 @@ leash_status leash_http_request(leash_handle *h, const char *method, const char 
         return leash__fail(LEASH_EINVAL, "http request: path is NULL");
     if (!body && len)
         return leash__fail(LEASH_EINVAL, "http request: body is NULL but len is %zu", len);
+    if (body && strcmp(method, "HEAD") == 0)
+        return leash__fail(LEASH_EINVAL, "http request: a HEAD request takes no body");
     size_t plen = 0;
     for (; path[plen]; plen++)
         if (bad_char((unsigned char)path[plen]))

@@ -176,8 +176,6 @@ nginx_stop() {
 }
 
 nginx_status() {
-  local d
-  d=$(nginx_dir)
   [ -n "$(nginx_pid)" ] && curl -sf -o /dev/null --max-time 2 http://127.0.0.1:18080/small
 }
 
