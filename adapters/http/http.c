@@ -272,6 +272,17 @@ static void *http_connect(void *arg, const char *target, char *err, size_t errle
     return c;
 }
 
+/* Back to a plain GET: undoes what set_method did (the body pointer was the caller's, valid
+ * only during its request). */
+static void undo_method(http_conn *c)
+{
+    curl_easy_setopt(c->curl, CURLOPT_CUSTOMREQUEST, NULL);
+    curl_easy_setopt(c->curl, CURLOPT_POSTFIELDS, NULL);
+    curl_easy_setopt(c->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)-1);
+    curl_easy_setopt(c->curl, CURLOPT_HTTPGET, 1L);
+    c->method = 0;
+}
+
 /* A helper-only borrow changed at most the URL and the method (undone here, without a
  * system call); a raw borrow gets curl_easy_reset, cookies dropped and the defaults
  * again. Either way the live connection stays in the handle's cache. */
@@ -291,13 +302,8 @@ static int http_reset(void *arg, void *conn)
             return LEASH_RESET_DIRTY;
         return LEASH_RESET_CLEAN;
     }
-    if (c->method) {
-        curl_easy_setopt(c->curl, CURLOPT_CUSTOMREQUEST, NULL);
-        curl_easy_setopt(c->curl, CURLOPT_POSTFIELDS, NULL);
-        curl_easy_setopt(c->curl, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)-1);
-        curl_easy_setopt(c->curl, CURLOPT_HTTPGET, 1L);
-        c->method = 0;
-    }
+    if (c->method)
+        undo_method(c);
     return LEASH_RESET_CLEAN;
 }
 
@@ -474,6 +480,8 @@ CURL *leash_http(leash_handle *h)
     http_conn *c = leash_conn_of(h, &leash_http_adapter);
     if (!c)
         return NULL;
+    if (c->method) /* the borrower gets a GET, not a POST of a body that is gone */
+        undo_method(c);
     c->raw = 1;
     return c->curl;
 }
@@ -521,14 +529,9 @@ static int set_method(http_conn *c, const char *method, const char *body, size_t
     int rc = 0;
     if (strcmp(method, "GET") == 0 && !body) {
         /* A fresh or reset handle is already a GET: nothing to set on the common path. */
-        if (c->method || c->raw) {
-            rc |= curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
-            rc |= curl_easy_setopt(e, CURLOPT_POSTFIELDS, NULL);
-            rc |= curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)-1);
-            rc |= curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
-            c->method = 0;
-        }
-        return rc ? -1 : 0;
+        if (c->method || c->raw)
+            undo_method(c);
+        return 0;
     }
     c->method = 1;
     if (strcmp(method, "HEAD") == 0 && !body) {

@@ -39,8 +39,9 @@ LEASH_EXPORT leash_pool *leash_http_pool_with(const char *name, const char *base
 /* The curl easy handle of a held HTTP handle, or NULL (h NULL, not held, not HTTP).
  * Borrowed; options set on it apply until release (leash_http_get/request still use their
  * own URL, method, body and response sink), when it is reset to the pool's defaults with
- * curl_easy_reset and its cookies dropped (the live connection is kept). Do not call
- * curl_easy_cleanup on it, and keep CURLOPT_MAXCONNECTS at 1 if the process forks. */
+ * curl_easy_reset and its cookies dropped (the live connection is kept). It starts as a
+ * GET with the pool's options. Do not call curl_easy_cleanup on it, remove it from any
+ * multi handle before release, and keep CURLOPT_MAXCONNECTS at 1 if the process forks. */
 LEASH_EXPORT CURL *leash_http(leash_handle *h);
 
 typedef struct leash_http_response {

@@ -117,31 +117,36 @@ static char *dump(leash_format fmt)
     return s;
 }
 
-/* nginx's accepted-connections counter, read with a fresh curl handle of its own. */
+/* A response body collected by a raw curl handle (up to 511 bytes, NUL-terminated). */
+struct text {
+    size_t len;
+    char buf[512];
+};
+
 static size_t collect(char *d, size_t sz, size_t n, void *arg)
 {
-    size_t *len = arg;
-    char *buf = (char *)(len + 1);
+    struct text *t = arg;
     size_t add = sz * n;
-    if (*len + add < 512) {
-        memcpy(buf + *len, d, add);
-        *len += add;
-        buf[*len] = '\0';
+    if (t->len + add < sizeof t->buf) {
+        memcpy(t->buf + t->len, d, add);
+        t->len += add;
+        t->buf[t->len] = '\0';
     }
     return add;
 }
 
+/* nginx's accepted-connections counter, read with a fresh curl handle of its own. */
 static long nginx_accepts(void)
 {
-    size_t store[1 + 512 / sizeof(size_t) + 1] = {0};
+    struct text t = {0};
     CURL *e = curl_easy_init();
     assert_non_null(e);
     curl_easy_setopt(e, CURLOPT_URL, PLAIN "/status");
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, collect);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, store);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, &t);
     assert_int_equal(curl_easy_perform(e), CURLE_OK);
     curl_easy_cleanup(e);
-    const char *s = strstr((char *)(store + 1), "requests\n");
+    const char *s = strstr(t.buf, "requests\n");
     assert_non_null(s);
     return strtol(s + 9, NULL, 10);
 }
@@ -554,8 +559,8 @@ static void test_fork_child_leaves_parent_connections_alone(void **state)
     curl_easy_setopt(e, CURLOPT_URL, TLS "/small");
     curl_easy_setopt(e, CURLOPT_CAINFO, ca);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, collect);
-    size_t store[1 + 512 / sizeof(size_t) + 1] = {0};
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, store);
+    struct text t = {0};
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, &t);
     assert_int_equal(curl_easy_perform(e), CURLE_OK);
     pid_t pid = fork();
     assert_true(pid >= 0);
@@ -565,7 +570,7 @@ static void test_fork_child_leaves_parent_connections_alone(void **state)
     }
     wait_child(pid);
     sleep_ms(100);
-    store[0] = 0;
+    t.len = 0;
     assert_int_equal(curl_easy_perform(e), CURLE_OK);
     long n = -1;
     curl_easy_getinfo(e, CURLINFO_NUM_CONNECTS, &n);
@@ -633,9 +638,23 @@ static void test_raw_borrower_then_keepalive_reused(void **state)
     get_ok(h, "/headers", 200, "|pool|");
     assert_int_equal(connects(h), 1);
 
-    /* A borrower takes the easy handle and sets its own options and cookies. */
+    /* A POST through the helper, then the raw handle: it is a GET again (the POST's body
+     * pointer was only valid during that call). */
+    char body[] = "posted";
+    leash_http_response r;
+    assert_int_equal(leash_http_request(h, "POST", "/echo", body, 6, &r), LEASH_OK);
+    assert_string_equal(r.body, "POST 6 posted");
+    leash_http_response_free(&r);
     CURL *e = leash_http(h);
     assert_non_null(e);
+    struct text echo = {0};
+    curl_easy_setopt(e, CURLOPT_URL, PLAIN "/echo");
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, collect);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, &echo);
+    assert_int_equal(curl_easy_perform(e), CURLE_OK);
+    assert_string_equal(echo.buf, "GET  ");
+
+    /* The borrower sets its own options and cookies. */
     struct curl_slist *mine = curl_slist_append(NULL, "X-Leash: mine");
     int calls = 0;
     curl_easy_setopt(e, CURLOPT_USERAGENT, "raw-agent");
@@ -668,7 +687,6 @@ static void test_raw_borrower_then_keepalive_reused(void **state)
     h = leash_acquire(p);
     e = leash_http(h);
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
-    leash_http_response r;
     assert_int_equal(leash_http_get(h, "/redirect", &r), LEASH_EIO);
     assert_null(r.body);
     leash_release(&h); /* a transport failure: destroyed */
