@@ -120,7 +120,7 @@ say "leak-hunt, default mode: a handle leaks on an error path; the guard takes i
 note "price_order() in examples/leak-hunt/leak-hunt.c returns without releasing its PostgreSQL"
 note "handle for orders with quantity 0 (1 in 29). The pool has 4 connections; watch"
 note "leaks_reclaimed grow in the dumps while every other order still gets done."
-"$bin/orders-seed" -n 1500 -q >/dev/null
+"$bin/orders-seed" -n "$jobs" -q >/dev/null
 # Only the PostgreSQL pool's part of each dump, the warning and the summary.
 "$bin/leak-hunt" -w 4 --pg-pool 4 --drain --dump-every 1 -q 2>&1 |
     awk '/^=== /   { print; pg = 0; next }
