@@ -30,6 +30,10 @@
 #define REDIS_URL_MAX 4096
 #define REDIS_HOST_MAX 253
 #define REDIS_SHOWN_MAX 256
+/* A connection back from the pool is checked (one recv with MSG_PEEK) on first use only when
+ * it sat idle at least this long: a peek costs about 2% of a loopback round trip, and a
+ * connection reused within the millisecond is as likely to die after the peek as before. */
+#define REDIS_PEEK_IDLE_NS 1000000u
 
 /* hiredis 1.0.0 renamed its sds functions (hi_sdslen); 0.14 and the other 1.x use sdslen. */
 #if defined(HI_SDS_MAX_PREALLOC)
@@ -56,6 +60,7 @@ typedef struct redis_conn {
     redis_target *own; /* parsed here when the pool has no context (leash_pool_open) */
     int db;            /* selected now; -1 unknown (a SELECT queued in MULTI) */
     unsigned sync;     /* numbers the release's ECHO tokens */
+    uint64_t released; /* leash__coarse_ns() at the last release */
     unsigned char raw;        /* leash_redis() gave the context out: full check on release */
     unsigned char multi;      /* MULTI open */
     unsigned char watch;      /* WATCH without EXEC, DISCARD or UNWATCH */
@@ -871,6 +876,7 @@ static int redis_reset(void *ctx, void *conn)
 {
     redis_conn *c = conn;
     c->fresh = 1;
+    c->released = leash__coarse_ns();
     if (LEASH_UNLIKELY(c->rc->err))
         return LEASH_RESET_BROKEN;
     if (LEASH_LIKELY(!(c->raw | c->multi | c->watch | c->subscribed | c->tainted) &&
@@ -960,6 +966,8 @@ static redis_conn *held(leash_handle *h, const char *fn)
 static int first_use(leash_handle *h, redis_conn *c, const char *fn)
 {
     c->fresh = 0;
+    if (leash__coarse_ns() - c->released < REDIS_PEEK_IDLE_NS)
+        return 0;
     char b;
     ssize_t n;
     do
