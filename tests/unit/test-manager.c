@@ -87,10 +87,11 @@ static void test_init_twice_first_wins(void **state)
     int pfd[2], other[2];
     assert_int_equal(pipe(pfd), 0);
     assert_int_equal(pipe(other), 0);
-    assert_int_equal(leash_init(&(leash_config){.strict = 0, .stats_signal = 0, .stats_fd = pfd[1]}),
-                     LEASH_OK);
-    assert_int_equal(leash_init(&(leash_config){.strict = 1, .stats_signal = 0, .stats_fd = other[1]}),
-                     LEASH_EEXIST);
+    assert_int_equal(
+        leash_init(&(leash_config){.strict = 0, .stats_signal = 0, .stats_fd = pfd[1]}), LEASH_OK);
+    assert_int_equal(
+        leash_init(&(leash_config){.strict = 1, .stats_signal = 0, .stats_fd = other[1]}),
+        LEASH_EEXIST);
     assert_int_equal(leash_last_status(), LEASH_EEXIST);
     assert_non_null(strstr(leash_last_error(), "already initialised"));
     assert_int_equal(leash_init(NULL), LEASH_EEXIST);
@@ -127,9 +128,9 @@ static void test_bad_config_refused_then_usable(void **state)
         {.strict = 0, .stats_signal = 1000, .stats_fd = -1},
         {.strict = 0, .stats_signal = 0, .stats_fd = -7},
     };
-    static const char *const says[] = {"strict is 5", "strict is -2", "stats_signal 9",
-                                       "stats_signal 19", "stats_signal -2",
-                                       "stats_signal 1000", "stats_fd is -7"};
+    static const char *const says[] = {"strict is 5",     "strict is -2",    "stats_signal 9",
+                                       "stats_signal 19", "stats_signal -2", "stats_signal 1000",
+                                       "stats_fd is -7"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_int_equal(leash_init(&bad[i]), LEASH_EINVAL);
         assert_int_equal(leash_last_status(), LEASH_EINVAL);
@@ -363,8 +364,8 @@ static void test_shutdown_reports_handles_still_out(void **state)
     (void)state;
     int pfd[2];
     assert_int_equal(pipe(pfd), 0);
-    assert_int_equal(leash_init(&(leash_config){.strict = -1, .stats_signal = 0, .stats_fd = pfd[1]}),
-                     LEASH_OK);
+    assert_int_equal(
+        leash_init(&(leash_config){.strict = -1, .stats_signal = 0, .stats_fd = pfd[1]}), LEASH_OK);
     leash_pool *p = leash_pool_open("forgotten", &fake_adapter, "fake://h", NULL);
     leash_handle *h[2];
     int line = 0;
@@ -412,11 +413,13 @@ static void fork_child(void *v)
         _exit(11); /* an inherited connection was lent */
     if (fake.connects != a->connects + 1)
         _exit(12); /* not a new connection */
+    /* The inherited idle one is abandoned, not destroyed over the wire. */
     if (fake.abandons != 1)
-        _exit(13); /* the inherited idle one is abandoned... */
+        _exit(13);
     if (fake.destroys != a->destroys)
-        _exit(14); /* ...not destroyed over the wire */
-    leash_release(&a->held); /* held across the fork: abandoned, not reset */
+        _exit(14);
+    /* Held across the fork: its release abandons it, no reset. */
+    leash_release(&a->held);
     if (fake.abandons != 2 || fake.destroys != a->destroys)
         _exit(15);
     leash_pool_stats st;
@@ -734,25 +737,20 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_init_twice_first_wins, setup, teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_bad_config_refused_then_usable, setup,
                                         teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_strict_from_config_and_env, setup,
-                                        teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_env_stats_signal_and_file, setup,
-                                        teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_strict_from_config_and_env, setup, teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_env_stats_signal_and_file, setup, teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_bad_env_ignored, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_shutdown_then_reinitialise, setup,
-                                        teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_shutdown_then_reinitialise, setup, teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_no_thread_left_after_shutdown, setup,
                                         teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_shutdown_reports_handles_still_out, setup,
                                         teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_fork_idle_and_held, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_log_callback_and_default, setup,
-                                        teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_log_callback_and_default, setup, teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_last_status_like_errno, setup, teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_strerror_every_status, setup, teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_closed_pool, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_registry_from_many_threads, setup,
-                                        teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_registry_from_many_threads, setup, teardown_no_leaks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -317,8 +317,7 @@ static void test_json_valid_and_values(void **state)
     /* The bare json module as the brief's one-liner, fed on stdin. */
     j = dump(LEASH_FORMAT_JSON);
     path = to_temp_file(j);
-    snprintf(cmd, sizeof cmd,
-             "python3 -c 'import json,sys; json.load(sys.stdin)' < %s", path);
+    snprintf(cmd, sizeof cmd, "python3 -c 'import json,sys; json.load(sys.stdin)' < %s", path);
     assert_int_equal(run_cmd(cmd, &out), 0);
     free(out);
     free(j);
@@ -369,8 +368,7 @@ static void test_prometheus_promtool_and_content(void **state)
     assert_non_null(strstr(m, "\nleash_pool_released_total{pool=\"prom\",kind=\"fake\"} 5\n"));
     assert_non_null(strstr(m, "\nleash_pool_created_total{pool=\"prom\",kind=\"fake\"} 1\n"));
     assert_non_null(strstr(m, "\nleash_pool_idle{pool=\"prom\",kind=\"fake\"} 1\n"));
-    assert_non_null(
-        strstr(m, "\nleash_pool_in_use{pool=\"qu\\\"o\\\\te\",kind=\"fake\"} 1\n"));
+    assert_non_null(strstr(m, "\nleash_pool_in_use{pool=\"qu\\\"o\\\\te\",kind=\"fake\"} 1\n"));
     char site[512];
     snprintf(site, sizeof site, "leash_held_handles{pool=\"qu\\\"o\\\\te\",site=\"%s:%d\"",
              __FILE__, line);
@@ -495,8 +493,9 @@ static void test_signal_dump_while_pool_lock_held(void **state)
     assert_int_equal(pthread_kill(locker, SIGUSR1), 0);
     t = read_until(pfd[0], "=== end of leash stats ===", 5000);
     if (!strstr(t, "=== end of leash stats ===")) {
-        fprintf(stderr, "FAIL: the signal dump deadlocked in the thread holding the pool "
-                        "lock; got: %s\n",
+        fprintf(stderr,
+                "FAIL: the signal dump deadlocked in the thread holding the pool "
+                "lock; got: %s\n",
                 t);
         _exit(1);
     }
@@ -733,8 +732,7 @@ int main(void)
                                         teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_signal_dump_while_pool_lock_held, setup,
                                         teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_check_leaks_and_outstanding, setup,
-                                        teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_check_leaks_and_outstanding, setup, teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_passwords_never_shown, setup, teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_counting_invariant, setup, teardown_no_leaks),
