@@ -200,6 +200,20 @@ static int readable_now(PGconn *conn)
     return fd < 0 || poll(&p, 1, 0) != 0;
 }
 
+/* For an idle connection whose socket is readable: reads what is there (a terminated
+ * backend's last message, then the end of the stream, take two reads). Returns 0 when the
+ * connection is still good, -1 when it is dead. */
+static int read_idle(PGconn *conn)
+{
+    for (int i = 0; i < 4; i++) {
+        if (!PQconsumeInput(conn) || PQstatus(conn) != CONNECTION_OK)
+            return -1;
+        if (!readable_now(conn))
+            return 0;
+    }
+    return -1; /* nobody should be talking to an idle connection this much */
+}
+
 enum { DRAIN_OK, DRAIN_TIMEOUT, DRAIN_FAILED };
 
 /* Reads and drops every pending result until libpq is idle again, waiting no later than
@@ -305,8 +319,7 @@ static int pg_validate(void *arg, void *conn)
     pg_conn *c = conn;
     if (PQstatus(c->conn) != CONNECTION_OK || PQtransactionStatus(c->conn) != PQTRANS_IDLE)
         return -1;
-    if (readable_now(c->conn) &&
-        (!PQconsumeInput(c->conn) || PQstatus(c->conn) != CONNECTION_OK))
+    if (readable_now(c->conn) && read_idle(c->conn) != 0)
         return -1;
     return run(c->conn, "", leash__now_ns() + PG_VALIDATE_NS) == 0 ? 0 : -1;
 }
@@ -342,8 +355,7 @@ static int reset_raw(pg_conn *c, int *dirty)
         }
         if (r != DRAIN_OK)
             return PQstatus(conn) == CONNECTION_OK ? LEASH_RESET_DIRTY : LEASH_RESET_BROKEN;
-    } else if (readable_now(conn) &&
-               (!PQconsumeInput(conn) || PQstatus(conn) != CONNECTION_OK)) {
+    } else if (readable_now(conn) && read_idle(conn) != 0) {
         return LEASH_RESET_BROKEN;
     }
     PGnotify *note;
@@ -511,11 +523,12 @@ static pg_ctx *ctx_new(const char *name, const char *conninfo, const leash_pg_op
     }
     const char *port = opt_val(opts, "port");
     if (port && !ports_ok(port)) {
+        leash__fail(LEASH_EINVAL,
+                    "pg pool \"%s\": malformed conninfo: port \"%.40s\" is not a list of "
+                    "numbers 1..65535",
+                    name ? name : "", port);
         PQconninfoFree(opts);
-        return leash__fail_null(LEASH_EINVAL,
-                                "pg pool \"%s\": malformed conninfo: port \"%.40s\" is not a "
-                                "list of numbers 1..65535",
-                                name ? name : "", port);
+        return NULL;
     }
     pg_ctx *ctx = calloc(1, sizeof *ctx);
     size_t n = 0;
@@ -617,8 +630,7 @@ static int first_use(leash_handle *h, pg_conn *c, const char *fn)
     c->fresh = 0;
     if (LEASH_LIKELY(PQstatus(c->conn) == CONNECTION_OK && !readable_now(c->conn)))
         return 0;
-    if (PQstatus(c->conn) == CONNECTION_OK && PQconsumeInput(c->conn) &&
-        PQstatus(c->conn) == CONNECTION_OK)
+    if (PQstatus(c->conn) == CONNECTION_OK && read_idle(c->conn) == 0)
         return 0; /* a notification or parameter change, nothing wrong */
     char err[PG_MSG_MAX];
     PQreset(c->conn);
