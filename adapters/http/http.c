@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -225,7 +226,8 @@ static int apply_defaults(http_conn *c, char *err, size_t errlen)
     SET(CURLOPT_MAXREDIRS, HTTP_MAX_REDIRS);
     SET(CURLOPT_CONNECTTIMEOUT_MS, ctx->connect_timeout_ms);
     SET(CURLOPT_TIMEOUT_MS, ctx->timeout_ms);
-    SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)ctx->max_body);
+    SET(CURLOPT_MAXFILESIZE_LARGE,
+        (curl_off_t)(ctx->max_body < (size_t)INT64_MAX ? ctx->max_body : (size_t)INT64_MAX));
     SET(CURLOPT_MAXCONNECTS, 1L); /* one live connection per handle (see abandon) */
     SET(CURLOPT_SHARE, ctx->share);
     SET(CURLOPT_WRITEFUNCTION, sink);
@@ -299,7 +301,7 @@ static int http_reset(void *arg, void *conn)
         c->method = 0;
         c->url_set = 0;
         if (apply_defaults(c, err, sizeof err) != 0)
-            return LEASH_RESET_DIRTY;
+            return LEASH_RESET_BROKEN; /* curl out of memory: not the borrower's doing */
         return LEASH_RESET_CLEAN;
     }
     if (c->method)
@@ -504,6 +506,12 @@ static size_t sink(char *data, size_t size, size_t n, void *arg)
     }
     if (c->len + add + 1 > c->cap) {
         size_t cap = c->cap ? c->cap : 256;
+        curl_off_t whole = -1;
+        /* First data of a body of known length: allocate it once. */
+        if (!c->cap &&
+            curl_easy_getinfo(c->curl, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &whole) == CURLE_OK &&
+            whole > 0 && (uint64_t)whole <= c->ctx->max_body)
+            cap = (size_t)whole + 1;
         while (cap < c->len + add + 1)
             cap *= 2;
         char *b = realloc(c->buf, cap);
