@@ -678,8 +678,8 @@ static void test_restart_under_load(void **state)
 {
     enum { THREADS = 8 };
     leash_pool_options o = {.max_size = 4, .acquire_timeout_ms = 1000};
-    leash_pool *p = leash_redis_pool(
-        "restart", URL "?connect_timeout_ms=500&command_timeout_ms=1000", &o);
+    leash_pool *p =
+        leash_redis_pool("restart", URL "?connect_timeout_ms=500&command_timeout_ms=1000", &o);
     assert_non_null(p);
     atomic_int stop = 0;
     _Atomic double up = 0;
@@ -804,8 +804,7 @@ static void test_wrong_password(void **state)
     } bad[] = {
         {"redis://:not-the-Pw@127.0.0.1:16380", "WRONGPASS", "not-the-Pw"},
         {"redis://app:not-the-Pw@127.0.0.1:16380", "WRONGPASS", "not-the-Pw"},
-        {"redis://nobody:" SRV_REDIS_PASSWORD "@127.0.0.1:16380", "WRONGPASS",
-         SRV_REDIS_PASSWORD},
+        {"redis://nobody:" SRV_REDIS_PASSWORD "@127.0.0.1:16380", "WRONGPASS", SRV_REDIS_PASSWORD},
         {"redis://127.0.0.1:16380", "NOAUTH", NULL},
         {"redis://:some-Pw@127.0.0.1:16379", "AUTH", "some-Pw"}, /* no password set there */
         {"redis://127.0.0.1:16399", "refused", NULL},            /* nobody listens */
@@ -1035,8 +1034,8 @@ static void test_no_sigpipe(void **state)
     char *err = NULL;
     int st = run_child(child_sigpipe, &err);
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-        fail_msg("child: status %d (signal %d), stderr: %s", st,
-                 WIFSIGNALED(st) ? WTERMSIG(st) : 0, err);
+        fail_msg("child: status %d (signal %d), stderr: %s", st, WIFSIGNALED(st) ? WTERMSIG(st) : 0,
+                 err);
     free(err);
 }
 
@@ -1154,7 +1153,8 @@ static void test_bad_urls(void **state)
         "REDIS://127.0.0.1:6379/",
         "redis://[::1]:6379/3",
         "redis://[::1]",
-        "redis://:p%40ss%2Fw:rd@host.example-1_x:1/0?connect_timeout_ms=1&command_timeout_ms=86400000",
+        "redis://:p%40ss%2Fw:rd@host.example-1_x:1/"
+        "0?connect_timeout_ms=1&command_timeout_ms=86400000",
         "redis://us%65r:p@ss@h?&connect_timeout_ms=5&",
         "unix:///tmp/redis.sock",
         "unix:///tmp/redis.sock?db=15&connect_timeout_ms=100",
