@@ -49,7 +49,7 @@ const char *leash_last_error(void)
     return t_error;
 }
 
-static void set_error(leash_status s, const char *fmt, va_list ap)
+LEASH_PRINTF(2, 0) static void set_error(leash_status s, const char *fmt, va_list ap)
 {
     t_status = s;
     if (!fmt) {
@@ -134,7 +134,7 @@ static void log_default(int level, const char *msg)
         fprintf(stderr, "leash: %s: %s\n", level_name(level), msg);
 }
 
-static void log_emit(int level, const char *fmt, va_list ap)
+LEASH_PRINTF(2, 0) static void log_emit(int level, const char *fmt, va_list ap)
 {
     char msg[LEASH_ERR_MAX + 256];
     vsnprintf(msg, sizeof msg, fmt, ap);

@@ -3,6 +3,8 @@
 #include "core.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -16,18 +18,36 @@ struct out {
     char buf[2048];
 };
 
+/* Writes the buffer out. A reader that went away (a closed pipe, a dead log shipper) is
+ * a write error, never a SIGPIPE: the signal is blocked around the write and, if the
+ * write raised it, consumed. */
 static void o_flush(struct out *o)
 {
+    if (!o->n)
+        return;
+    sigset_t pipe_set, old, pending;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    sigpending(&pending);
+    int was_pending = sigismember(&pending, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
     size_t off = 0;
     while (off < o->n && !o->err) {
         ssize_t w = write(o->fd, o->buf + off, o->n - off);
         if (w < 0 && errno == EINTR)
             continue;
-        if (w <= 0)
+        if (w <= 0) {
             o->err = 1;
-        else
+            if (w < 0 && errno == EPIPE && !was_pending) {
+                struct timespec zero = {0, 0};
+                while (sigtimedwait(&pipe_set, NULL, &zero) < 0 && errno == EINTR)
+                    ;
+            }
+        } else {
             off += (size_t)w;
+        }
     }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     o->n = 0;
 }
 
@@ -362,7 +382,7 @@ static void text_pool(struct out *o, struct leash_pool *p, uint64_t now, int sin
     values(&st, v);
 
     o_str(o, "pool \"");
-    o_str(o, p->name);
+    o_esc(o, p->name);
     o_str(o, "\" (");
     o_str(o, p->adapter->kind);
     o_str(o, ") ");

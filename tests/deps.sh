@@ -6,7 +6,7 @@ pkgs=(
   build-essential g++ meson ninja-build pkg-config git
   libcmocka-dev libhiredis-dev libpq-dev libcurl4-openssl-dev
   redis-server postgresql pgbouncer nginx-light openssl curl procps
-  libaprutil1-dev prometheus valgrind
+  libaprutil1-dev prometheus valgrind clang libclang-rt-14-dev
 )
 missing=()
 for p in "${pkgs[@]}"; do

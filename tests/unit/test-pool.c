@@ -418,7 +418,9 @@ static void test_idle_timeout_keeps_min_idle(void **state)
     assert_true(wait_for(p, idle_is_one, 2000));
     sleep_ms(300);
     assert_true(idle_is_one(p));
-    assert_int_equal(stats(p).destroyed, 2);
+    leash_pool_stats st = stats(p);
+    /* The warm-up may have added a connection while the three were held. */
+    assert_int_equal(st.destroyed, st.created - 1);
 }
 
 static void test_max_lifetime_replaces(void **state)
