@@ -721,6 +721,25 @@ static void test_counting_invariant(void **state)
     assert_balanced(p);
 }
 
+/* Bad input: a dump fd whose reader is gone (a closed pipe): -1, never SIGPIPE. */
+static void test_dump_to_closed_pipe_is_an_error(void **state)
+{
+    (void)state;
+    leash_pool *p = leash_pool_open("gone-reader", &fake_adapter, "fake://h", NULL);
+    assert_non_null(p);
+    for (int fmt = LEASH_FORMAT_TEXT; fmt <= LEASH_FORMAT_PROMETHEUS; fmt++) {
+        int fds[2];
+        assert_int_equal(pipe(fds), 0);
+        close(fds[0]);
+        assert_int_equal(leash_stats_dump(fds[1], (leash_format)fmt), -1);
+        assert_int_equal(leash_check_leaks(fds[1]), 0);
+        close(fds[1]);
+    }
+    sigset_t pending;
+    sigpending(&pending);
+    assert_false(sigismember(&pending, SIGPIPE)); /* consumed, not left pending */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -736,6 +755,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_passwords_never_shown, setup, teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_counting_invariant, setup, teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_dump_to_closed_pipe_is_an_error, setup,
+                                        teardown_no_leaks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
