@@ -20,16 +20,18 @@ struct order {
     int is_new; /* status is 'new': not priced yet */
 };
 
-/* Loads order id. Returns JOB_PRICED when *o is filled, JOB_SKIPPED when there is no such
- * order, JOB_RETRY on a transient failure. */
-static enum job_result load_order(struct service *svc, long id, struct order *o)
+/* Loads order id into *o. Returns 1, or 0 with *why set to what the job ends as:
+ * JOB_SKIPPED (no such order), JOB_RETRY (no connection: worth retrying) or JOB_FAILED
+ * (an SQL error: retrying will not help). */
+static int load_order(struct service *svc, long id, struct order *o, enum job_result *why)
 {
     /* LEASH_GUARD: this scope must release the handle itself. If a later edit adds an
      * early return that forgets to, the guard takes it back (strict mode: aborts). */
     LEASH_GUARD leash_handle *db = leash_acquire(svc->pg);
     if (!db) {
         service_warn(svc, "order %ld: pg: %s", id, leash_last_error());
-        return JOB_RETRY;
+        *why = JOB_RETRY;
+        return 0;
     }
     char idtxt[24];
     snprintf(idtxt, sizeof idtxt, "%ld", id);
@@ -38,21 +40,25 @@ static enum job_result load_order(struct service *svc, long id, struct order *o)
         leash_pg_params(db, "SELECT sku, qty, status = 'new' FROM orders WHERE id = $1", 1, params);
     leash_release(&db); /* the result does not need the connection: give it back now */
 
-    if (!res) {
+    if (!res) { /* no result at all: the connection failed (the pool replaces it) */
         service_warn(svc, "order %ld: %s", id, leash_last_error());
-        return JOB_RETRY;
+        *why = JOB_RETRY;
+        return 0;
     }
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         service_warn(svc, "order %ld: %s", id, PQresultErrorMessage(res));
-        return JOB_RETRY;
+        *why = JOB_FAILED;
+        return 0;
     }
-    if (PQntuples(res) == 0)
-        return JOB_SKIPPED;
+    if (PQntuples(res) == 0) {
+        *why = JOB_SKIPPED;
+        return 0;
+    }
     o->id = id;
     snprintf(o->sku, sizeof o->sku, "%s", PQgetvalue(res, 0, 0));
     o->qty = strtol(PQgetvalue(res, 0, 1), NULL, 10);
     o->is_new = PQgetvalue(res, 0, 2)[0] == 't';
-    return JOB_PRICED;
+    return 1;
 }
 
 /* Asks the pricing service for sku's unit price in cents. Returns JOB_PRICED with *cents
@@ -103,7 +109,8 @@ static int exec(struct service *svc, leash_handle *db, const char *sql, int n,
 }
 
 /* Writes the verdict back in one transaction: the order row and an event row, or neither.
- * Returns verdict, JOB_SKIPPED when another worker got there first, or JOB_RETRY. */
+ * Returns verdict, JOB_SKIPPED when another worker got there first, JOB_RETRY when the
+ * connection failed, JOB_FAILED for an SQL error. */
 static enum job_result save(struct service *svc, const struct order *o, long unit_cents,
                             enum job_result verdict)
 {
@@ -116,6 +123,7 @@ static enum job_result save(struct service *svc, const struct order *o, long uni
                          verdict == JOB_PRICED ? total : NULL, svc->prog};
     const char *ev[] = {idtxt, status, upd[3]};
     long rows = 0;
+    enum job_result res;
 
     LEASH_GUARD leash_handle *db = leash_acquire(svc->pg);
     if (!db) {
@@ -141,6 +149,9 @@ static enum job_result save(struct service *svc, const struct order *o, long uni
     return verdict;
 
 fail:
+    /* A statement failed on a live connection: an SQL error, which retrying will not fix.
+     * Otherwise the connection failed: the pool replaces it, and the job is worth a retry. */
+    res = PQstatus(leash_pg(db)) == CONNECTION_OK ? JOB_FAILED : JOB_RETRY;
     /* Roll back ourselves rather than leave it to the pool: a release with a transaction
      * still open works (the adapter rolls back) but counts as a dirty return. */
     switch (PQtransactionStatus(leash_pg(db))) {
@@ -152,8 +163,9 @@ fail:
         break;
     }
     leash_release(&db);
-    service_warn(svc, "order %ld: write-back failed; queued again", o->id);
-    return JOB_RETRY;
+    service_warn(svc, "order %ld: write-back failed%s", o->id,
+                 res == JOB_RETRY ? "; queued again" : "");
+    return res;
 }
 
 /* Caches the order's total for readers of orders:total:<id>, for CACHE_TTL_S seconds.
@@ -175,18 +187,18 @@ static void cache_total(struct service *svc, const struct order *o, long unit_ce
 static enum job_result price_order(struct service *svc, long id)
 {
     struct order o;
-    enum job_result res = load_order(svc, id, &o);
-    if (res != JOB_PRICED)
-        return res;
+    enum job_result why = JOB_FAILED;
+    if (!load_order(svc, id, &o, &why))
+        return why;
     if (!o.is_new)
-        return JOB_SKIPPED;
+        return JOB_SKIPPED; /* a duplicate job: priced already */
 
     long unit_cents = 0;
     enum job_result verdict = o.qty > 0 ? fetch_price(svc, o.sku, &unit_cents) : JOB_REJECTED;
     if (verdict == JOB_RETRY)
         return JOB_RETRY;
 
-    res = save(svc, &o, unit_cents, verdict);
+    enum job_result res = save(svc, &o, unit_cents, verdict);
     if (res == JOB_PRICED)
         cache_total(svc, &o, unit_cents);
     return res;
