@@ -23,14 +23,17 @@ LEASH_EXPORT leash_pool *leash_redis_pool(const char *name, const char *url,
                                           const leash_pool_options *opts);
 /* The hiredis context of a held Redis handle, or NULL (h NULL, not held, not Redis).
  * Borrowed; valid until release. Raw use is allowed; the release then checks the
- * connection fully (unread replies, unsent output). Raw calls follow hiredis's rules
- * (SIGPIPE included). */
+ * connection fully (unread replies, unsent output) with one round trip, since a reply may
+ * still be on its way; unread replies are dropped (counted dirty), unsent output destroys
+ * the connection. Raw calls follow hiredis's rules (SIGPIPE included). */
 LEASH_EXPORT redisContext *leash_redis(leash_handle *h);
 /* printf-style command like redisCommand on h's connection. Returns the reply (the
  * caller frees it: freeReplyObject, or LEASH_REPLY), or NULL: LEASH_EINVAL for a bad
  * handle or format, LEASH_EIO for a connection failure and LEASH_ETIMEDOUT for a timeout
  * (both mark h broken); leash_last_error() says what happened. A Redis error reply
- * (REDIS_REPLY_ERROR) is a reply, not a failure. */
+ * (REDIS_REPLY_ERROR) is a reply, not a failure. Never raises SIGPIPE. MULTI, WATCH,
+ * SELECT and the subscribe commands are tracked: the release discards, unwatches and
+ * selects back (counted dirty); a subscribed connection is destroyed. */
 LEASH_EXPORT redisReply *leash_redis_command(leash_handle *h, const char *fmt, ...)
 #if defined(__GNUC__) || defined(__clang__)
     __attribute__((format(printf, 2, 3)))

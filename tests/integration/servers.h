@@ -6,6 +6,11 @@
 #define SRV_REDIS_PORT 16379        /* no password */
 #define SRV_REDIS_AUTH_PORT 16380   /* requirepass SRV_REDIS_PASSWORD; ACL user app/app-pw */
 #define SRV_REDIS_PASSWORD "leash-redis-pw"
+/* Files under srv_dir() (tests/servers.d/redis.sh): the unix socket of SRV_REDIS_PORT, and each
+ * instance's pid file, e.g. srv_signal(SRV_REDIS_PIDFILE, SIGSTOP) pauses SRV_REDIS_PORT. */
+#define SRV_REDIS_SOCKET "redis/redis.sock"
+#define SRV_REDIS_PIDFILE "redis/redis-16379.pid"
+#define SRV_REDIS_AUTH_PIDFILE "redis/redis-16380.pid"
 #define SRV_PG_PORT 15432           /* role leash / SRV_PG_PASSWORD (scram), database leash */
 #define SRV_PG_PASSWORD "leash-pg-pw"
 #define SRV_PGBOUNCER_PORT 16432    /* pgbouncer, transaction pooling, in front of SRV_PG_PORT */

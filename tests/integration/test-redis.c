@@ -24,7 +24,6 @@
 
 #define URL "redis://127.0.0.1:16379"
 #define AUTH_URL "redis://:" SRV_REDIS_PASSWORD "@127.0.0.1:16380"
-#define PAUSE_PIDFILE "redis/redis-16379.pid"
 
 /* ---- helpers ---- */
 
@@ -232,7 +231,7 @@ static int run_child(void (*fn)(void), char **err)
 
 static int teardown(void **state)
 {
-    srv_signal(PAUSE_PIDFILE, SIGCONT); /* in case a pause test failed half-way */
+    srv_signal(SRV_REDIS_PIDFILE, SIGCONT); /* in case a pause test failed half-way */
     leash_set_log(NULL, NULL);
     assert_int_equal(leash_check_leaks(2), 0);
     leash_shutdown();
@@ -394,6 +393,7 @@ static void test_many_threads(void **state)
 static void test_stale_reply(void **state)
 {
     default_mode();
+    capture_start();
     leash_pool *p = pool("stale", URL, 1);
     leash_handle *h = take(p);
     set(h, "leash:stale:1", "first");
@@ -461,6 +461,7 @@ static void test_stale_reply(void **state)
     s = stats(p);
     assert_int_equal(s.dirty_returns, 3);
     assert_int_equal(s.created, 2);
+    assert_non_null(strstr(log_text, "returned dirty"));
     assert_balanced(p);
 }
 
@@ -755,7 +756,7 @@ static void test_paused_server(void **state)
     leash_handle *warm = take(p);
     leash_release(&warm);
 
-    assert_int_equal(srv_signal(PAUSE_PIDFILE, SIGSTOP), 0);
+    assert_int_equal(srv_signal(SRV_REDIS_PIDFILE, SIGSTOP), 0);
     pthread_t t[THREADS];
     struct pauser w[THREADS];
     double t0 = now_s();
@@ -766,7 +767,7 @@ static void test_paused_server(void **state)
     for (int i = 0; i < THREADS; i++)
         pthread_join(t[i], NULL);
     double took = now_s() - t0;
-    assert_int_equal(srv_signal(PAUSE_PIDFILE, SIGCONT), 0);
+    assert_int_equal(srv_signal(SRV_REDIS_PIDFILE, SIGCONT), 0);
 
     for (int i = 0; i < THREADS; i++) {
         assert_int_equal(w[i].successes, 0);
@@ -848,8 +849,7 @@ static void test_wrong_password(void **state)
 static void test_unix_socket(void **state)
 {
     char url[512];
-    snprintf(url, sizeof url, "unix://%s?db=2&command_timeout_ms=1000",
-             srv_path("redis/redis.sock"));
+    snprintf(url, sizeof url, "unix://%s?db=2&command_timeout_ms=1000", srv_path(SRV_REDIS_SOCKET));
     leash_pool *p = pool("unix", url, 2);
     leash_handle *h = take(p);
     set(h, "leash:unix", "socket");
