@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +27,9 @@ void leash__http_global_init(void);
 /* The easy handle of a held HTTP handle without counting it as a raw borrow (tests read
  * CURLINFO_* through it); NULL as leash_http. */
 CURL *leash__http_easy(leash_handle *h);
+/* Test hook: takes (lock 1) or drops (lock 0) the DNS lock of the share of h's pool, as
+ * libcurl does around a DNS cache lookup. */
+void leash__http_share_hold(leash_handle *h, int lock);
 
 /* The pool's adapter context: the parsed options and the share object. */
 typedef struct http_ctx {
@@ -38,7 +42,7 @@ typedef struct http_ctx {
     char *ca_file;
     int insecure;
     CURLSH *share;
-    pid_t pid; /* the process the locks belong to (see abandon) */
+    struct http_ctx *next; /* every live context, for the fork handlers */
     pthread_mutex_t locks[CURL_LOCK_DATA_LAST];
 } http_ctx;
 
@@ -60,9 +64,45 @@ typedef struct http_conn {
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
 static CURLcode global_rc = CURLE_OK;
 
+/* Every pool's share locks are taken around fork(), so a child never inherits one held
+ * by a thread that does not exist there. */
+static pthread_mutex_t ctxs_lock = PTHREAD_MUTEX_INITIALIZER;
+static http_ctx *ctxs;
+
+/* Takes all of ctx's locks, or none and retries: libcurl might nest two of them. */
+static void lock_all(http_ctx *ctx)
+{
+    for (;;) {
+        int i = 0;
+        while (i < CURL_LOCK_DATA_LAST && pthread_mutex_trylock(&ctx->locks[i]) == 0)
+            i++;
+        if (i == CURL_LOCK_DATA_LAST)
+            return;
+        while (i-- > 0)
+            pthread_mutex_unlock(&ctx->locks[i]);
+        sched_yield();
+    }
+}
+
+static void fork_prepare(void)
+{
+    pthread_mutex_lock(&ctxs_lock);
+    for (http_ctx *ctx = ctxs; ctx; ctx = ctx->next)
+        lock_all(ctx);
+}
+
+static void fork_done(void)
+{
+    for (http_ctx *ctx = ctxs; ctx; ctx = ctx->next)
+        for (int i = CURL_LOCK_DATA_LAST - 1; i >= 0; i--)
+            pthread_mutex_unlock(&ctx->locks[i]);
+    pthread_mutex_unlock(&ctxs_lock);
+}
+
 static void global_init_once(void)
 {
     global_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+    pthread_atfork(fork_prepare, fork_done, fork_done);
 }
 
 void leash__http_global_init(void)
@@ -323,15 +363,7 @@ static void http_destroy(void *arg, void *conn)
  * reaches the parent's peer; closing our copy leaves the parent's socket open. */
 static void http_abandon(void *arg, void *conn)
 {
-    http_ctx *ctx = arg;
     http_conn *c = conn;
-    if (ctx->pid != getpid()) {
-        /* A parent thread may have held a share lock at fork time; only this thread
-         * exists here, so start the locks afresh. */
-        for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
-            pthread_mutex_init(&ctx->locks[i], NULL);
-        ctx->pid = getpid();
-    }
     curl_socket_t fd = CURL_SOCKET_BAD;
     if (curl_easy_getinfo(c->curl, CURLINFO_ACTIVESOCKET, &fd) == CURLE_OK &&
         fd != CURL_SOCKET_BAD) {
@@ -363,6 +395,14 @@ static void ctx_free(void *arg)
         return;
     if (ctx->share && curl_share_cleanup(ctx->share) != CURLSHE_OK)
         return; /* still used by an easy handle (a leaked one): keep it alive */
+    pthread_mutex_lock(&ctxs_lock);
+    for (http_ctx **pp = &ctxs; *pp; pp = &(*pp)->next) {
+        if (*pp == ctx) {
+            *pp = ctx->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&ctxs_lock);
     for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
         pthread_mutex_destroy(&ctx->locks[i]);
     curl_slist_free_all(ctx->headers);
@@ -446,7 +486,6 @@ leash_pool *leash_http_pool_with(const char *name, const char *base_url,
         return leash__fail_null(LEASH_ENOMEM, "http pool: out of memory");
     for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
         pthread_mutex_init(&ctx->locks[i], NULL);
-    ctx->pid = getpid();
     ctx->base = strdup(base_url);
     if (!ctx->base) {
         ctx_free(ctx);
@@ -469,6 +508,10 @@ leash_pool *leash_http_pool_with(const char *name, const char *base_url,
         ctx_free(ctx);
         return leash__fail_null(LEASH_ENOMEM, "http pool: cannot set up the curl share");
     }
+    pthread_mutex_lock(&ctxs_lock);
+    ctx->next = ctxs;
+    ctxs = ctx;
+    pthread_mutex_unlock(&ctxs_lock);
     return leash_pool_open_with(name, &leash_http_adapter, ctx, base_url, opts);
 }
 
@@ -492,6 +535,15 @@ CURL *leash__http_easy(leash_handle *h)
 {
     http_conn *c = leash_conn_of(h, &leash_http_adapter);
     return c ? c->curl : NULL;
+}
+
+void leash__http_share_hold(leash_handle *h, int lock)
+{
+    http_conn *c = leash_conn_of(h, &leash_http_adapter);
+    if (c && lock)
+        share_lock(c->curl, CURL_LOCK_DATA_DNS, CURL_LOCK_ACCESS_SINGLE, c->ctx);
+    else if (c)
+        share_unlock(c->curl, CURL_LOCK_DATA_DNS, c->ctx);
 }
 
 /* ---- requests ---- */

@@ -20,6 +20,7 @@
 
 /* Internal: the easy handle without counting a raw borrow (adapters/http/http.c). */
 CURL *leash__http_easy(leash_handle *h);
+void leash__http_share_hold(leash_handle *h, int lock);
 
 #define PLAIN "http://127.0.0.1:18080"
 #define TLS "https://127.0.0.1:18443"
@@ -620,6 +621,52 @@ static void test_fork_child_leaves_parent_connections_alone(void **state)
     assert_int_equal(stats(p).created, 2);
 }
 
+struct holder {
+    leash_handle *h;
+    _Atomic int locked;
+};
+
+/* Holds the DNS lock of the share of h's pool for 200 ms, as a lookup in progress would. */
+static void *hold_share(void *arg)
+{
+    struct holder *x = arg;
+    leash__http_share_hold(x->h, 1);
+    atomic_store(&x->locked, 1);
+    sleep_ms(200);
+    leash__http_share_hold(x->h, 0);
+    return NULL;
+}
+
+static void test_fork_while_a_share_lock_is_held(void **state)
+{
+    /* A share lock held by another thread when fork() is called must not be inherited
+     * locked: the child's first connection looks its host up under that lock. */
+    leash_pool *p = pool_with("fork-lock", "http://localhost:18080", 2, NULL);
+    struct holder x = {.h = leash_acquire(p)};
+    assert_non_null(x.h);
+    get_ok(x.h, "/small", 200, SMALL);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, hold_share, &x), 0);
+    while (!atomic_load(&x.locked))
+        sleep_ms(1);
+    pid_t pid = fork(); /* waits for the lock, then takes it across the fork */
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        leash_handle *c = leash_acquire(p);
+        leash_http_response r;
+        int bad = !c || leash_http_get(c, "/small", &r) != LEASH_OK || r.status != 200;
+        if (c)
+            leash_http_response_free(&r);
+        _exit(bad);
+    }
+    int st = wait_child(pid);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    pthread_join(t, NULL);
+    get_ok(x.h, "/small", 200, SMALL);
+    leash_release(&x.h);
+}
+
 /* ---- raw borrowers ---- */
 
 static size_t discard_body(char *d, size_t sz, size_t n, void *arg)
@@ -911,6 +958,7 @@ int main(void)
         cmocka_unit_test_teardown(test_body_over_limit, teardown),
         cmocka_unit_test_teardown(test_tls_verification, teardown),
         cmocka_unit_test_teardown(test_fork_child_leaves_parent_connections_alone, teardown),
+        cmocka_unit_test_teardown(test_fork_while_a_share_lock_is_held, teardown),
         cmocka_unit_test_teardown(test_raw_borrower_then_keepalive_reused, teardown),
         cmocka_unit_test_teardown(test_transport_failure_marks_broken, teardown),
         cmocka_unit_test_teardown(test_bad_base_urls, teardown),
