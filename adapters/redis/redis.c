@@ -29,7 +29,8 @@
  * connection reused within the millisecond is as likely to die after the peek as before. */
 #define REDIS_PEEK_IDLE_NS 1000000u
 
-/* hiredis 1.0.0 renamed its sds functions (hi_sdslen); 0.14 and the other 1.x use sdslen. */
+/* The length of hiredis's output buffer (an sds string): hiredis 1.x prefixes its sds
+ * functions with hi_ (and defines HI_SDS_MAX_PREALLOC); 0.14 does not. */
 #if defined(HI_SDS_MAX_PREALLOC)
 #define obuf_len(rc) hi_sdslen((rc)->obuf)
 #else

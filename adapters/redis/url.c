@@ -18,7 +18,7 @@ void leash__redis_target_free(redis_target *t)
     free(t->host);
     free(t->user);
     if (t->password) {
-        memset(t->password, 0, strlen(t->password));
+        explicit_bzero(t->password, strlen(t->password));
         free(t->password);
     }
     free(t);
@@ -26,7 +26,7 @@ void leash__redis_target_free(redis_target *t)
 
 int leash__redis_parse_num(const char *s, size_t n, long max, long *out)
 {
-    long v = 0;
+    long long v = 0;
     if (n == 0)
         return -1;
     for (size_t i = 0; i < n; i++) {
@@ -37,7 +37,7 @@ int leash__redis_parse_num(const char *s, size_t n, long max, long *out)
     }
     if (v > max)
         return -2;
-    *out = v;
+    *out = (long)v;
     return 0;
 }
 
