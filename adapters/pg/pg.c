@@ -15,10 +15,10 @@
 
 #define PG_CONNECT_TIMEOUT_S 5
 #define PG_APP_NAME "leash"
-#define PG_RESET_NS 1000000000ull       /* each cleaning step on release: about a second */
-#define PG_QUICK_DRAIN_NS 20000000ull   /* a query still running gets this long before a cancel */
-#define PG_VALIDATE_NS 2000000000ull    /* the empty query of validate */
-#define PG_INIT_NS 10000000000ull       /* init_sql on a new connection */
+#define PG_RESET_NS 1000000000ull     /* each cleaning step on release: about a second */
+#define PG_QUICK_DRAIN_NS 20000000ull /* a query still running gets this long before a cancel */
+#define PG_VALIDATE_NS 2000000000ull  /* the empty query of validate */
+#define PG_INIT_NS 10000000000ull     /* init_sql on a new connection */
 #define PG_MSG_MAX 256
 
 /* The pool's adapter context: the parsed conninfo, ready for PQconnectdbParams. */
@@ -284,8 +284,8 @@ static int setup(pg_conn *c, char *err, size_t errlen)
 static void *pg_connect(void *arg, const char *target, char *err, size_t errlen)
 {
     pg_ctx *ctx = arg;
-    PGconn *conn = ctx ? PQconnectdbParams(ctx->keys, ctx->vals, 0)
-                       : PQconnectdb(target ? target : "");
+    PGconn *conn =
+        ctx ? PQconnectdbParams(ctx->keys, ctx->vals, 0) : PQconnectdb(target ? target : "");
     if (!conn) {
         snprintf(err, errlen, "out of memory");
         return NULL;
@@ -389,8 +389,7 @@ static int pg_reset(void *arg, void *conn)
         dirty = 1;
         if (run(c->conn, "ROLLBACK", leash__now_ns() + PG_RESET_NS) != 0 ||
             PQtransactionStatus(c->conn) != PQTRANS_IDLE)
-            return PQstatus(c->conn) == CONNECTION_OK ? LEASH_RESET_DIRTY
-                                                      : LEASH_RESET_BROKEN;
+            return PQstatus(c->conn) == CONNECTION_OK ? LEASH_RESET_DIRTY : LEASH_RESET_BROKEN;
     }
     if (ctx && ctx->reset_sql) {
         char err[PG_MSG_MAX];
@@ -590,8 +589,7 @@ leash_pool *leash_pg_pool_with(const char *name, const char *conninfo,
     if (leash__ensure_init() != LEASH_OK)
         return NULL;
     if (!conninfo)
-        return leash__fail_null(LEASH_EINVAL, "pg pool \"%s\": conninfo is NULL",
-                                name ? name : "");
+        return leash__fail_null(LEASH_EINVAL, "pg pool \"%s\": conninfo is NULL", name ? name : "");
     if (pg && pg->connect_timeout_s < 0)
         return leash__fail_null(LEASH_EINVAL,
                                 "pg pool \"%s\": connect_timeout_s is %d: must be >= 0",
@@ -602,8 +600,7 @@ leash_pool *leash_pg_pool_with(const char *name, const char *conninfo,
     return leash_pool_open_with(name, &leash_pg_adapter, ctx, conninfo, opts);
 }
 
-leash_pool *leash_pg_pool(const char *name, const char *conninfo,
-                          const leash_pool_options *opts)
+leash_pool *leash_pg_pool(const char *name, const char *conninfo, const leash_pool_options *opts)
 {
     return leash_pg_pool_with(name, conninfo, opts, NULL);
 }
@@ -642,8 +639,8 @@ static int first_use(leash_handle *h, pg_conn *c, const char *fn)
     if (PQstatus(c->conn) != CONNECTION_OK)
         shown(c->ctx, PQerrorMessage(c->conn), err, sizeof err);
     leash_mark_broken(h);
-    leash__fail(LEASH_EIO, "%s: the connection died while idle and reconnecting failed: %s",
-                fn, err);
+    leash__fail(LEASH_EIO, "%s: the connection died while idle and reconnecting failed: %s", fn,
+                err);
     return -1;
 }
 
@@ -653,8 +650,7 @@ static PGresult *finish(leash_handle *h, pg_conn *c, PGresult *res, const char *
 {
     if (LEASH_LIKELY(res && PQstatus(c->conn) == CONNECTION_OK)) {
         ExecStatusType st = PQresultStatus(res);
-        if (LEASH_UNLIKELY(st == PGRES_COPY_IN || st == PGRES_COPY_OUT ||
-                           st == PGRES_COPY_BOTH))
+        if (LEASH_UNLIKELY(st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH))
             c->raw = 1; /* the borrower drives the COPY through leash_pg(): full check */
         return res;
     }
@@ -689,8 +685,7 @@ PGresult *leash_pg_exec(leash_handle *h, const char *sql)
     return finish(h, c, PQexec(c->conn, sql), "leash_pg_exec");
 }
 
-PGresult *leash_pg_params(leash_handle *h, const char *sql, int nparams,
-                          const char *const *values)
+PGresult *leash_pg_params(leash_handle *h, const char *sql, int nparams, const char *const *values)
 {
     pg_conn *c = held(h, "leash_pg_params");
     if (!c)

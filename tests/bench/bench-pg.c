@@ -1,6 +1,7 @@
 /* Benchmark of the PostgreSQL adapter: leash against one reused PGconn per thread (the limit)
- * (held across a batch, no pool call per request) and connect-per-request, for SELECT 1 and a one-row primary-key read, 1 and 4 threads.
- * Needs the test server (tests/servers.sh start pg). Usage: bench-pg [conninfo] [ms per run] */
+ * (held across a batch, no pool call per request) and connect-per-request, for SELECT 1 and a
+ * one-row primary-key read, 1 and 4 threads. Needs the test server (tests/servers.sh start pg).
+ * Usage: bench-pg [conninfo] [ms per run] */
 #include <leash/pg.h>
 
 #include <pthread.h>
@@ -10,8 +11,9 @@
 #include <string.h>
 #include <time.h>
 
-#define BATCH 32 /* leash and reused alternate every BATCH requests on the same thread, so
-                    load from other processes hits both alike */
+#define BATCH                                                                                      \
+    32 /* leash and reused alternate every BATCH requests on the same thread, so                   \
+          load from other processes hits both alike */
 
 enum query { SELECT1, PK_READ };
 
@@ -24,7 +26,7 @@ struct run {
     enum query query;
     leash_pool *pool;
     pthread_barrier_t *start;
-    long ops[2];     /* leash, reused (or connect-per-request in [1]) */
+    long ops[2]; /* leash, reused (or connect-per-request in [1]) */
     double secs[2];
     int failed;
 };
@@ -104,8 +106,7 @@ static void *worker(void *arg)
 
 /* n threads for run_ms: fills rate[0] (leash) and rate[1] (reused, or connect-per-request),
  * in requests per second summed over the threads. */
-static void measure(int connect_per_request, enum query q, int n, leash_pool *pool,
-                    double rate[2])
+static void measure(int connect_per_request, enum query q, int n, leash_pool *pool, double rate[2])
 {
     pthread_t th[8];
     struct run r[8];
@@ -133,8 +134,7 @@ static void setup_table(void)
 {
     PGconn *c = PQconnectdb(conninfo);
     if (PQstatus(c) != CONNECTION_OK) {
-        fprintf(stderr, "bench-pg: %s(is tests/servers.sh start pg running?)\n",
-                PQerrorMessage(c));
+        fprintf(stderr, "bench-pg: %s(is tests/servers.sh start pg running?)\n", PQerrorMessage(c));
         exit(1);
     }
     PQclear(PQexec(c, "CREATE TABLE IF NOT EXISTS bench_kv (k int PRIMARY KEY, v text)"));

@@ -21,8 +21,7 @@
 #include <cmocka.h>
 
 #define PG_KV "host=127.0.0.1 port=15432 dbname=leash user=leash password=" SRV_PG_PASSWORD
-#define BOUNCER_KV                                                                             \
-    "host=127.0.0.1 port=16432 dbname=leash user=leash password=" SRV_PG_PASSWORD
+#define BOUNCER_KV "host=127.0.0.1 port=16432 dbname=leash user=leash password=" SRV_PG_PASSWORD
 
 /* Which server a test of the basic suite talks to (the group's state). */
 struct target {
@@ -142,15 +141,6 @@ static void assert_balanced(leash_pool *p)
     assert_int_equal(s.misuse, 0);
 }
 
-/* Release checking off (the production default), for tests of dirty returns being cleaned. */
-static void default_mode(void)
-{
-    leash_shutdown();
-    assert_int_equal(leash_init(&(leash_config){.strict = 0, .stats_signal = 0, .stats_fd = -1}),
-                     LEASH_OK);
-    assert_int_equal(leash_strict(), 0);
-}
-
 /* ---- log capture ---- */
 
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -173,6 +163,16 @@ static void capture_start(void)
     log_text[0] = '\0';
     pthread_mutex_unlock(&log_lock);
     leash_set_log(capture, NULL);
+}
+
+/* Release checking off (the production default), for tests of dirty returns being cleaned. */
+static void default_mode(void)
+{
+    leash_shutdown();
+    assert_int_equal(leash_init(&(leash_config){.strict = 0, .stats_signal = 0, .stats_fd = -1}),
+                     LEASH_OK);
+    assert_int_equal(leash_strict(), 0);
+    capture_start(); /* the dirty-return warnings, checked by the tests */
 }
 
 /* Reads everything from fd until EOF (malloc'd). */
@@ -336,7 +336,6 @@ static void test_open_transaction_rolled_back(void **state)
 {
     struct target *t = *state;
     default_mode();
-    capture_start();
     leash_pool *p = pool("open-tx", t->conninfo, 1, NULL);
     leash_handle *h = take(p);
     exec_ok(h, "CREATE TABLE IF NOT EXISTS leash_tx (id int)");
@@ -410,13 +409,45 @@ static void test_unread_results_drained(void **state)
     h = take(p);
     PGconn *raw = leash_pg(h);
     assert_int_equal(PQsendQuery(raw, "SELECT 7"), 1);
-    PGresult *r;
-    while ((r = PQgetResult(raw)) != NULL)
-        PQclear(r);
+    PGresult *res;
+    while ((res = PQgetResult(raw)) != NULL)
+        PQclear(res);
+    leash_release(&h);
+    assert_int_equal(stats(p).dirty_returns, 1);
+
+    /* A COPY FROM STDIN started through the helper and never finished is ended. */
+    h = take(p);
+    exec_ok(h, "CREATE TABLE IF NOT EXISTS leash_copy (id int)");
+    PGresult *r = leash_pg_exec(h, "COPY leash_copy FROM STDIN");
+    assert_int_equal(PQresultStatus(r), PGRES_COPY_IN);
+    PQclear(r);
+    leash_release(&h);
+    h = take(p);
+    assert_int_equal(value_long(h, "SELECT 43"), 43);
     leash_release(&h);
     leash_pool_stats s = stats(p);
-    assert_int_equal(s.dirty_returns, 1);
-    assert_int_equal(s.destroyed, 0);
+    assert_int_equal(s.dirty_returns, 2);
+    assert_non_null(strstr(log_text, "returned dirty"));
+    assert_balanced(p);
+}
+
+/* A connection idle longer than validate_idle_ms is checked with an empty query on acquire
+ * (through pgbouncer too) and kept when it answers. */
+static void test_validate_after_idle(void **state)
+{
+    struct target *t = *state;
+    leash_pool_options o = {.max_size = 1, .validate_idle_ms = 1};
+    leash_pool *p = leash_pg_pool("validate", t->conninfo, &o);
+    assert_non_null(p);
+    for (int i = 0; i < 3; i++) {
+        leash_handle *h = take(p);
+        assert_int_equal(value_long(h, "SELECT 8"), 8);
+        leash_release(&h);
+        sleep_ms(20);
+    }
+    leash_pool_stats s = stats(p);
+    assert_int_equal(s.created, 1);
+    assert_int_equal(s.validation_failures, 0);
     assert_balanced(p);
 }
 
@@ -602,8 +633,7 @@ static void test_server_restart_under_load(void **state)
         pthread_join(th[i], NULL);
         if (atomic_load(&l[i].ok_after) < 20)
             fail_msg("thread %d: only %ld queries after the restart (%ld before, %ld failed)", i,
-                     atomic_load(&l[i].ok_after), atomic_load(&l[i].ok),
-                     atomic_load(&l[i].failed));
+                     atomic_load(&l[i].ok_after), atomic_load(&l[i].ok), atomic_load(&l[i].failed));
     }
     assert_int_equal(leash_outstanding(), 0);
     leash_pool_stats s = stats(p);
@@ -620,8 +650,9 @@ static void test_wrong_password(void **state)
 {
     const char *secret = "Wr0ng-Secret-Pw";
     capture_start();
-    leash_pool *p = pool("wrong-pw", "host=127.0.0.1 port=15432 dbname=leash user=leash "
-                                     "password=Wr0ng-Secret-Pw",
+    leash_pool *p = pool("wrong-pw",
+                         "host=127.0.0.1 port=15432 dbname=leash user=leash "
+                         "password=Wr0ng-Secret-Pw",
                          2, NULL);
     double t0 = now_s();
     assert_null(leash_acquire(p));
@@ -639,8 +670,8 @@ static void test_wrong_password(void **state)
     assert_null(strstr(log_text, secret));
 
     /* The same through a URI whose password is percent-encoded. */
-    leash_pool *u = pool("wrong-pw-uri", "postgresql://leash:Wr0ng%2DSecret%2DPw@127.0.0.1:15432/leash",
-                         1, NULL);
+    leash_pool *u = pool("wrong-pw-uri",
+                         "postgresql://leash:Wr0ng%2DSecret%2DPw@127.0.0.1:15432/leash", 1, NULL);
     assert_null(leash_acquire(u));
     assert_int_equal(leash_last_status(), LEASH_ECONNECT);
     assert_null(strstr(leash_last_error(), secret));
@@ -858,8 +889,7 @@ static void test_bad_conninfo(void **state)
         {"postgresql://leash:pw@127.0.0.1/leash?password=ab%zzcdef", "percent-encoded", "zzcdef"},
         /* an unquoted password with a space: its second word looks like a keyword */
         {"host=127.0.0.1 password=my Secret-Words", "missing \"=\"", "Secret-Words"},
-        {"host=127.0.0.1 password=my Secret-Words=1", "invalid connection option",
-         "Secret-Words"},
+        {"host=127.0.0.1 password=my Secret-Words=1", "invalid connection option", "Secret-Words"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         assert_null(leash_pg_pool("bad", bad[i].conninfo, NULL));
@@ -878,7 +908,8 @@ static void test_bad_conninfo(void **state)
     assert_int_equal(leash_last_status(), LEASH_EINVAL);
     assert_null(leash_pg_pool(NULL, PG_KV, NULL));
     assert_int_equal(leash_last_status(), LEASH_EINVAL);
-    assert_null(leash_pg_pool_with("bad", PG_KV, NULL, &(leash_pg_options){.connect_timeout_s = -1}));
+    assert_null(
+        leash_pg_pool_with("bad", PG_KV, NULL, &(leash_pg_options){.connect_timeout_s = -1}));
     assert_int_equal(leash_last_status(), LEASH_EINVAL);
     assert_null(leash_pg_pool("bad", PG_KV, &(leash_pool_options){.max_size = -1}));
     assert_int_equal(leash_last_status(), LEASH_EINVAL);
@@ -942,14 +973,14 @@ int main(void)
         cmocka_unit_test_prestate_setup_teardown(test_many_threads, NULL, teardown, &direct),
         cmocka_unit_test_prestate_setup_teardown(test_sql_error_and_params, NULL, teardown,
                                                  &direct),
-        cmocka_unit_test_prestate_setup_teardown(test_open_transaction_rolled_back, NULL,
-                                                 teardown, &direct),
-        cmocka_unit_test_prestate_setup_teardown(test_aborted_transaction, NULL, teardown,
+        cmocka_unit_test_prestate_setup_teardown(test_open_transaction_rolled_back, NULL, teardown,
                                                  &direct),
+        cmocka_unit_test_prestate_setup_teardown(test_aborted_transaction, NULL, teardown, &direct),
         cmocka_unit_test_prestate_setup_teardown(test_unread_results_drained, NULL, teardown,
                                                  &direct),
         cmocka_unit_test_prestate_setup_teardown(test_running_query_cancelled, NULL, teardown,
                                                  &direct),
+        cmocka_unit_test_prestate_setup_teardown(test_validate_after_idle, NULL, teardown, &direct),
         cmocka_unit_test_teardown(test_terminate_idle, teardown),
         cmocka_unit_test_teardown(test_terminate_held, teardown),
         cmocka_unit_test_teardown(test_wrong_password, teardown),
@@ -967,13 +998,15 @@ int main(void)
         cmocka_unit_test_prestate_setup_teardown(test_many_threads, NULL, teardown, &bouncer),
         cmocka_unit_test_prestate_setup_teardown(test_sql_error_and_params, NULL, teardown,
                                                  &bouncer),
-        cmocka_unit_test_prestate_setup_teardown(test_open_transaction_rolled_back, NULL,
-                                                 teardown, &bouncer),
+        cmocka_unit_test_prestate_setup_teardown(test_open_transaction_rolled_back, NULL, teardown,
+                                                 &bouncer),
         cmocka_unit_test_prestate_setup_teardown(test_aborted_transaction, NULL, teardown,
                                                  &bouncer),
         cmocka_unit_test_prestate_setup_teardown(test_unread_results_drained, NULL, teardown,
                                                  &bouncer),
         cmocka_unit_test_prestate_setup_teardown(test_running_query_cancelled, NULL, teardown,
+                                                 &bouncer),
+        cmocka_unit_test_prestate_setup_teardown(test_validate_after_idle, NULL, teardown,
                                                  &bouncer),
     };
     int failed = cmocka_run_group_tests_name("postgres", postgres, group_setup, NULL);
