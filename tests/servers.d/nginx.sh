@@ -19,6 +19,16 @@
 # Keep-alive is on with a high keepalive_requests, so a pooled handle keeps one connection.
 
 nginx_dir() { echo "$LEASH_SERVERS_DIR/nginx"; }
+
+# Serialises start/stop/restart between concurrent servers.sh runs (tests, demo): the lock is
+# held on fd 9 until this servers.sh process exits, so a restart is one step.
+nginx_lock() {
+  [ "${NGINX_LOCKED:-0}" = 1 ] && return 0
+  mkdir -p "$LEASH_SERVERS_DIR"
+  exec 9>"$LEASH_SERVERS_DIR/.nginx.lock"
+  flock -w 60 9 || { echo "nginx: another servers.sh holds $LEASH_SERVERS_DIR/.nginx.lock" >&2; return 1; }
+  NGINX_LOCKED=1
+}
 nginx_pidfile() { echo "$(nginx_dir)/nginx.pid"; }
 
 # The pid of the running master, or nothing.
@@ -141,16 +151,18 @@ nginx_wait() {
 nginx_start() {
   local d
   d=$(nginx_dir)
+  nginx_lock
   if [ -n "$(nginx_pid)" ]; then return 0; fi
   mkdir -p "$d"
   nginx_certs "$d"
   nginx_config "$d"
-  if ! nginx -p "$d/" -c "$d/nginx.conf" -e "$d/logs/error.log" -t -q; then
+  if ! nginx -p "$d/" -c "$d/nginx.conf" -e "$d/logs/error.log" -t -q 9>&-; then
     echo "nginx: bad config $d/nginx.conf" >&2
     tail -n 20 "$d/logs/error.log" >&2 || true
     return 1
   fi
-  if ! nginx -p "$d/" -c "$d/nginx.conf" -e "$d/logs/error.log" ||
+  # 9>&-: the daemon must not inherit (and so hold forever) the lock of nginx_lock.
+  if ! nginx -p "$d/" -c "$d/nginx.conf" -e "$d/logs/error.log" 9>&- ||
     ! nginx_wait "$d"; then
     echo "nginx: did not start on 127.0.0.1:18080/18443; tail of $d/logs/error.log:" >&2
     tail -n 20 "$d/logs/error.log" >&2 || true
@@ -160,6 +172,7 @@ nginx_start() {
 
 nginx_stop() {
   local pid i
+  nginx_lock
   pid=$(nginx_pid)
   [ -n "$pid" ] || return 0
   kill -TERM "$pid" 2>/dev/null || true
@@ -172,7 +185,8 @@ nginx_stop() {
     pkill -KILL -P "$pid" 2>/dev/null || true
     sleep 0.2
   fi
-  rm -f "$(nginx_pidfile)"
+  # nginx removes its pid file itself; a stale one (after SIGKILL) goes, never a newer one.
+  if [ "$(cat "$(nginx_pidfile)" 2>/dev/null || true)" = "$pid" ]; then rm -f "$(nginx_pidfile)"; fi
 }
 
 nginx_status() {
