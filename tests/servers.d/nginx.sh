@@ -154,6 +154,14 @@ nginx_start() {
   nginx_lock
   if [ -n "$(nginx_pid)" ]; then return 0; fi
   mkdir -p "$d"
+  local port
+  for port in 18080 18443; do
+    if ss -Hltn "sport = :$port" 2>/dev/null | grep -q .; then
+      echo "nginx: 127.0.0.1:$port is already taken by another process (an nginx of another" \
+        "LEASH_SERVERS_DIR?): $(ss -Hltnp "sport = :$port" 2>/dev/null | head -n 1)" >&2
+      return 1
+    fi
+  done
   nginx_certs "$d"
   nginx_config "$d"
   if ! nginx -p "$d/" -c "$d/nginx.conf" -e "$d/logs/error.log" -t -q 9>&-; then
