@@ -259,6 +259,7 @@ void test_wrong_password(void **state)
         {"redis://127.0.0.1:16399", "refused", NULL},            /* nobody listens */
         {"redis://127.0.0.1:16379/99", "SELECT 99", NULL},       /* only 16 databases */
     };
+    capture_start();
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         leash_pool *p = pool("auth", bad[i].url, 2);
         double t0 = now_s();
@@ -279,6 +280,8 @@ void test_wrong_password(void **state)
             assert_null(strstr(d, bad[i].secret));
         free(d);
         leash_pool_close(p);
+        if (bad[i].secret && strstr(log_text, bad[i].secret))
+            fail_msg("#%zu: the log shows the password: %s", i, log_text);
     }
     leash_pool *p = pool("acl", "redis://app:app-pw@127.0.0.1:16380", 1);
     leash_handle *h = take(p);
