@@ -359,6 +359,8 @@ static int reset_slow(redis_conn *c)
         return LEASH_RESET_DIRTY; /* no cheap and certain way back */
     if (rc->obuf && obuf_len(rc) > 0)
         return LEASH_RESET_DIRTY; /* unsent output: maybe half a command went out */
+    if (raw && redisSetTimeout(rc, tv_ms(c->t->command_timeout_ms)) != REDIS_OK)
+        return LEASH_RESET_BROKEN; /* the borrower may have changed it */
 
     char token[64];
     char db[16];

@@ -320,13 +320,18 @@ void test_state_left_behind(void **state)
     assert_balanced(p);
 }
 
-/* A command that outlives command_timeout_ms: LEASH_ETIMEDOUT, the handle is broken (not
- * dirty, so strict mode stays quiet) and its release destroys the connection. */
+/* A command that outlives command_timeout_ms (even after a borrower changed the timeout on the
+ * raw context): LEASH_ETIMEDOUT, the handle is broken (not dirty, so strict mode stays quiet)
+ * and its release destroys the connection. */
 void test_command_timeout(void **state)
 {
     assert_int_equal(leash_strict(), 1);
     leash_pool *p = pool("timeout", URL "?command_timeout_ms=200", 1);
     leash_handle *h = take(p);
+    /* a borrower that changes the timeout on the raw context does not change it for the next */
+    assert_int_equal(redisSetTimeout(leash_redis(h), (struct timeval){10, 0}), REDIS_OK);
+    leash_release(&h);
+    h = take(p);
     double t0 = now_s();
     redisReply *r = leash_redis_command(h, "BLPOP %s 2", "leash:timeout:none");
     double took = now_s() - t0;
