@@ -210,9 +210,32 @@ static void message(const redis_target *t, const char *prefix, const char *msg, 
     leash__redact(raw, err, errlen);
 }
 
+/* One handshake command (argv) that must answer with the status want. Returns 0, or -1 with
+ * a message in err: Redis's own error, or hiredis's when the round trip failed. */
+static int handshake(redisContext *rc, const redis_target *t, int argc, const char **argv,
+                     const char *want, char *err, size_t errlen)
+{
+    redisReply *r = NULL;
+    if (command_argv(rc, argc, argv, t->command_timeout_ms, &r) != IO_OK) {
+        message(t, "", rc->errstr, err, errlen);
+        return -1;
+    }
+    int ok = is_status(r, want);
+    if (!ok) {
+        char prefix[48];
+        snprintf(prefix, sizeof prefix, "%s%s%s failed: ", argv[0],
+                 strcmp(argv[0], "SELECT") == 0 ? " " : "",
+                 strcmp(argv[0], "SELECT") == 0 ? argv[1] : "");
+        message(t, prefix, r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply", err, errlen);
+    }
+    freeReplyObject(r);
+    return ok ? 0 : -1;
+}
+
 /* Connects to t: TCP or unix socket within the connect timeout, close-on-exec, keepalive
- * (TCP), the command timeout on the socket, then AUTH and SELECT (or a PING when neither is
- * needed, so a server that does not answer fails here). NULL with a message in err. */
+ * (TCP), the command timeout on the socket, then AUTH (argv form: the password is never
+ * formatted into a string) and SELECT, or a PING when neither is needed, so a server that
+ * does not answer fails here. NULL with a message in err. */
 static redisContext *open_context(const redis_target *t, char *err, size_t errlen)
 {
     struct timeval ct = tv_ms(t->connect_timeout_ms);
@@ -222,68 +245,35 @@ static redisContext *open_context(const redis_target *t, char *err, size_t errle
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    if (rc->err)
-        goto failed;
-    int fl = fcntl(rc->fd, F_GETFD);
-    if (fl < 0 || fcntl(rc->fd, F_SETFD, fl | FD_CLOEXEC) < 0) {
+    int fl = rc->err ? -1 : fcntl(rc->fd, F_GETFD);
+    if (!rc->err && (fl < 0 || fcntl(rc->fd, F_SETFD, fl | FD_CLOEXEC) < 0))
         set_error(rc, REDIS_ERR_IO, "cannot set close-on-exec on the socket");
-        goto failed;
+    if (!rc->err && !t->unix_sock)
+        redisEnableKeepAlive(rc); /* sets rc->err on failure */
+    if (!rc->err)
+        redisSetTimeout(rc, tv_ms(t->command_timeout_ms));
+    if (rc->err) {
+        message(t, "", rc->errstr, err, errlen);
+        redisFree(rc);
+        return NULL;
     }
-    if (!t->unix_sock && redisEnableKeepAlive(rc) != REDIS_OK)
-        goto failed;
-    if (redisSetTimeout(rc, tv_ms(t->command_timeout_ms)) != REDIS_OK)
-        goto failed;
-
-    redisReply *r = NULL;
-    int io;
-    if (t->password) {
-        const char *argv[3] = {"AUTH", t->user ? t->user : t->password, t->password};
-        io = command_argv(rc, t->user ? 3 : 2, argv, t->command_timeout_ms, &r);
-        if (io != IO_OK)
-            goto failed;
-        if (r->type == REDIS_REPLY_ERROR) {
-            message(t, "AUTH failed: ", r->str, err, errlen);
-            goto refused;
-        }
-        freeReplyObject(r);
-    }
-    if (t->db != 0) {
-        char db[16];
-        snprintf(db, sizeof db, "%d", t->db);
-        const char *argv[2] = {"SELECT", db};
-        io = command_argv(rc, 2, argv, t->command_timeout_ms, &r);
-        if (io != IO_OK)
-            goto failed;
-        if (!is_status(r, "OK")) {
-            char prefix[48];
-            snprintf(prefix, sizeof prefix, "SELECT %d failed: ", t->db);
-            message(t, prefix, r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply", err,
-                    errlen);
-            goto refused;
-        }
-        freeReplyObject(r);
-    }
-    if (!t->password && t->db == 0) {
-        const char *argv[1] = {"PING"};
-        io = command_argv(rc, 1, argv, t->command_timeout_ms, &r);
-        if (io != IO_OK)
-            goto failed;
-        if (!is_status(r, "PONG")) {
-            message(t, "PING failed: ", r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply",
-                    err, errlen);
-            goto refused;
-        }
-        freeReplyObject(r);
+    char db[16];
+    snprintf(db, sizeof db, "%d", t->db);
+    const char *auth[3] = {"AUTH", t->user ? t->user : t->password, t->password};
+    const char *select[2] = {"SELECT", db};
+    const char *ping[1] = {"PING"};
+    int failed = 0;
+    if (t->password)
+        failed = handshake(rc, t, t->user ? 3 : 2, auth, "OK", err, errlen);
+    if (!failed && t->db != 0)
+        failed = handshake(rc, t, 2, select, "OK", err, errlen);
+    if (!failed && !t->password && t->db == 0)
+        failed = handshake(rc, t, 1, ping, "PONG", err, errlen);
+    if (failed) {
+        redisFree(rc);
+        return NULL;
     }
     return rc;
-refused:
-    freeReplyObject(r);
-    redisFree(rc);
-    return NULL;
-failed:
-    message(t, "", rc->errstr, err, errlen);
-    redisFree(rc);
-    return NULL;
 }
 
 static void *redis_connect(void *ctx, const char *target, char *err, size_t errlen)
