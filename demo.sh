@@ -12,6 +12,8 @@ jobs=${DEMO_JOBS:-4000}
 workers=${DEMO_WORKERS:-8}
 build=$root/build-demo
 servers=(redis pg pgbouncer nginx)
+# The demo shows both modes itself, and its dumps belong on the screen.
+unset LEASH_STRICT LEASH_STATS_FILE LEASH_STATS_SIGNAL
 
 if [ "$(id -u)" != 0 ]; then
     echo "demo.sh: run it as root (sudo ./demo.sh): it installs packages with apt-get and" \
