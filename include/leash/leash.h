@@ -162,7 +162,8 @@ LEASH_EXPORT void leash_discard(leash_handle **h);
 /* The adapter's connection object of a checked-out handle. Borrowed; valid until the
  * handle is released. NULL for NULL; NULL (and misuse) for a handle not checked out. */
 LEASH_EXPORT void *leash_conn(leash_handle *h);
-/* The same, but NULL (without misuse) unless h is held and from a pool of that adapter. */
+/* The same, but NULL unless h is held and from a pool of that adapter (a handle of another
+ * adapter is not misuse; one of this adapter that is not checked out is, as for leash_conn). */
 LEASH_EXPORT void *leash_conn_of(leash_handle *h, const leash_adapter *adapter);
 /* Its connection failed: its release destroys it (no reset, not counted dirty). */
 LEASH_EXPORT void leash_mark_broken(leash_handle *h);
