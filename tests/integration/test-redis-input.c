@@ -133,8 +133,8 @@ void test_bad_urls(void **state)
         "REDIS://127.0.0.1:6379/",
         "redis://[::1]:6379/3",
         "redis://[::1]",
-        "redis://:p%40ss%2Fw:rd@host.example-1_x:1/"
-        "0?connect_timeout_ms=1&command_timeout_ms=86400000",
+        ("redis://:p%40ss%2Fw:rd@host.example-1_x:1/"
+         "0?connect_timeout_ms=1&command_timeout_ms=86400000"),
         "redis://us%65r:p@ss@h?&connect_timeout_ms=5&",
         "unix:///tmp/redis.sock",
         "unix:///tmp/redis.sock?db=15&connect_timeout_ms=100",
