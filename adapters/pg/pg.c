@@ -20,6 +20,10 @@
 #define PG_VALIDATE_NS 2000000000ull  /* the empty query of validate */
 #define PG_INIT_NS 10000000000ull     /* init_sql on a new connection */
 #define PG_MSG_MAX 256
+/* A connection back in the pool for less than this is lent without looking at its socket
+ * (a poll per borrow is a few percent of a loopback round trip); one idle longer is checked
+ * on first use. leash__coarse_ns ticks every few ms, so this means "this tick or the last". */
+#define PG_RECHECK_NS 2000000ull
 
 /* The pool's adapter context: the parsed conninfo, ready for PQconnectdbParams. */
 typedef struct pg_ctx {
@@ -37,6 +41,7 @@ typedef struct pg_conn {
     pg_ctx *ctx;
     int raw;   /* leash_pg() gave the PGconn out, or a helper left a COPY: full check on release */
     int fresh; /* back from the pool: check the socket on first use */
+    uint64_t released_ns; /* leash__coarse_ns() at the last release */
 } pg_conn;
 
 /* ---- messages ---- */
@@ -374,6 +379,7 @@ static int pg_reset(void *arg, void *conn)
     pg_conn *c = conn;
     int dirty = 0;
     c->fresh = 1;
+    c->released_ns = leash__coarse_ns();
     if (LEASH_UNLIKELY(PQstatus(c->conn) != CONNECTION_OK))
         return LEASH_RESET_BROKEN;
     if (LEASH_UNLIKELY(c->raw)) {
@@ -619,13 +625,16 @@ static pg_conn *held(leash_handle *h, const char *fn)
 }
 
 /* First use since the pool lent it: a connection that died while idle (backend terminated,
- * server restarted) still says CONNECTION_OK, but its socket is readable. Nothing of the
+ * server restarted) still says CONNECTION_OK, but its socket is readable (checked when it
+ * was idle more than PG_RECHECK_NS). Nothing of the
  * borrower's is on it yet, so make it again in place (same PGconn). Returns 0, or -1 with
  * h marked broken and the failure recorded. */
 static int first_use(leash_handle *h, pg_conn *c, const char *fn)
 {
     c->fresh = 0;
-    if (LEASH_LIKELY(PQstatus(c->conn) == CONNECTION_OK && !readable_now(c->conn)))
+    if (LEASH_LIKELY(
+            PQstatus(c->conn) == CONNECTION_OK &&
+            (leash__coarse_ns() - c->released_ns < PG_RECHECK_NS || !readable_now(c->conn))))
         return 0;
     if (PQstatus(c->conn) == CONNECTION_OK && read_idle(c->conn) == 0)
         return 0; /* a notification or parameter change, nothing wrong */

@@ -490,6 +490,7 @@ static void terminate(long pid)
     char *v = su("SELECT pg_terminate_backend(%ld, 5000)", pid);
     assert_string_equal(v, "t");
     free(v);
+    sleep_ms(20); /* idle long enough for the adapter to look at the socket */
 }
 
 /* A pooled connection whose backend is terminated while idle is replaced on its next use:
