@@ -617,8 +617,13 @@ static void test_server_restart_under_load(void **state)
         l[i] = (struct loop){.pool = p, .stop = &stop, .restarted = &restarted};
         assert_int_equal(pthread_create(&th[i], NULL, loop_main, &l[i]), 0);
     }
+    char *started = su("SELECT pg_postmaster_start_time()");
     sleep_ms(300);
     assert_int_equal(srv_ctl("restart", "pg"), 0);
+    char *restarted_at = su("SELECT pg_postmaster_start_time()");
+    assert_string_not_equal(started, restarted_at); /* it really restarted */
+    free(started);
+    free(restarted_at);
     atomic_store(&restarted, 1);
     double until = now_s() + 10;
     for (;;) {
@@ -640,7 +645,8 @@ static void test_server_restart_under_load(void **state)
     leash_pool_stats s = stats(p);
     assert_true(s.size <= 4);
     assert_int_equal(s.dirty_returns, 0);
-    assert_true(s.destroyed >= 1); /* the sessions the restart killed */
+    /* The sessions the restart killed were destroyed, or made again in place when they
+     * were idle (first use after the restart), so no count of either is certain. */
     assert_balanced(p);
     assert_int_equal(srv_ctl("start", "pgbouncer"), 0);
 }
