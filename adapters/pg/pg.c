@@ -76,8 +76,7 @@ static void shown(const pg_ctx *ctx, const char *msg, char *out, size_t outlen)
     size_t pwlen = pw ? strlen(pw) : 0;
     if (pwlen < 3)
         return;
-    char *hit;
-    while ((hit = strstr(out, pw)) != NULL) {
+    for (char *hit = strstr(out, pw); hit; hit = strstr(hit + 3, pw)) {
         memset(hit, '*', 3);
         memmove(hit + 3, hit + pwlen, strlen(hit + pwlen) + 1);
     }

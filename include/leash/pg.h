@@ -25,7 +25,8 @@ typedef struct leash_pg_options { /* zero: default */
 /* Opens a pool of PostgreSQL connections. conninfo is any libpq conninfo string or URI
  * (multi-host, target_session_attrs, sslmode ... pass through); it is parsed at once and a
  * malformed one returns NULL with LEASH_EINVAL (the message never holds the password).
- * opts NULL: pool defaults. Copies its arguments. */
+ * Sessions are named "leash" in pg_stat_activity unless the conninfo names them; server
+ * notices go to the log callback. opts NULL: pool defaults. Copies its arguments. */
 LEASH_EXPORT leash_pool *leash_pg_pool(const char *name, const char *conninfo,
                                        const leash_pool_options *opts);
 /* The same with adapter options (pg NULL: defaults); the strings are copied. */
@@ -33,7 +34,9 @@ LEASH_EXPORT leash_pool *leash_pg_pool_with(const char *name, const char *connin
                                             const leash_pool_options *opts,
                                             const leash_pg_options *pg);
 /* The libpq connection of a held PostgreSQL handle, or NULL (h NULL, not held, not pg).
- * Borrowed; valid until release. */
+ * Borrowed; valid until release. Whatever is done with it, the release finds: results left
+ * unread are drained, a query still running is cancelled, an open transaction is rolled
+ * back (all counted dirty). Never PQfinish() it; in a forked child, acquire afresh. */
 LEASH_EXPORT PGconn *leash_pg(leash_handle *h);
 /* Runs sql on h's connection. Returns libpq's result even for an SQL error (check
  * PQresultStatus; the caller PQclear()s it, or uses LEASH_RESULT), or NULL when there is

@@ -676,6 +676,18 @@ static void test_wrong_password(void **state)
     }
     assert_null(strstr(log_text, secret));
 
+    /* A refused connection: LEASH_ECONNECT at once, with libpq's reason. */
+    leash_pool *r = pool("refused",
+                         "host=127.0.0.1 port=1 dbname=leash user=leash "
+                         "password=Wr0ng-Secret-Pw",
+                         1, NULL);
+    t0 = now_s();
+    assert_null(leash_acquire(r));
+    assert_true(now_s() - t0 < 1.0);
+    assert_int_equal(leash_last_status(), LEASH_ECONNECT);
+    assert_non_null(strstr(leash_last_error(), "Connection refused"));
+    assert_null(strstr(leash_last_error(), secret));
+
     /* The same through a URI whose password is percent-encoded. */
     leash_pool *u = pool("wrong-pw-uri",
                          "postgresql://leash:Wr0ng%2DSecret%2DPw@127.0.0.1:15432/leash", 1, NULL);
