@@ -17,7 +17,7 @@
 #define PG_APP_NAME "leash"
 #define PG_RESET_NS 1000000000ull     /* each cleaning step on release: about a second */
 #define PG_QUICK_DRAIN_NS 20000000ull /* a query still running gets this long before a cancel */
-#define PG_VALIDATE_NS 2000000000ull  /* the empty query of validate */
+#define PG_VALIDATE_NS 1000000000ull  /* the empty query of validate */
 #define PG_INIT_NS 10000000000ull     /* init_sql on a new connection */
 #define PG_MSG_MAX 256
 /* A connection back in the pool for less than this is lent without looking at its socket
