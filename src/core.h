@@ -23,7 +23,24 @@ enum {
     SLOT_HELD,
     SLOT_RETURNING,
     SLOT_ORPHANED,
+    SLOT_CACHED, /* idle, kept in the cache of the thread that returned it (not on the stack) */
 };
+
+/* Each thread keeps the handle it returned last to each pool (direct-mapped by pool id)
+ * so that its next borrow gets the same connection back without touching the shared
+ * stack: one compare-and-swap instead of two, and the connection's server process stays
+ * warm on its core. The entries are hints: a CACHED slot is idle and unowned, and whoever
+ * moves it out of CACHED (its thread, another thread that finds the stack empty, the
+ * maintenance thread, close) owns it. */
+#define LEASH_CACHE_WAYS 8
+struct leash_cache_entry {
+    struct leash_handle *slot;
+    uint64_t epoch; /* leash__epoch when stored: entries from before a shutdown are void */
+};
+extern __attribute__((tls_model(
+    "initial-exec"))) _Thread_local struct leash_cache_entry leash__t_cache[LEASH_CACHE_WAYS];
+/* Moves on at every shutdown (slots are freed then). */
+extern _Atomic uint64_t leash__epoch;
 
 /* A handle is its slot. Fields the borrower writes are only written while it owns the
  * slot; they are atomics (relaxed) because the dump and the maintenance thread read them
@@ -90,6 +107,7 @@ struct leash_waiter {
 struct leash_pool {
     uint32_t magic;
     uint32_t nslots; /* max_size */
+    uint32_t id;     /* for the per-thread cache */
     struct leash_handle *slots;
     char name[LEASH_NAME_MAX + 1];
     const leash_adapter *adapter;

@@ -106,6 +106,8 @@ leash_pool *leash_pool_open_with(const char *name, const leash_adapter *adapter,
     if (st != LEASH_OK)
         goto fail;
     p->magic = LEASH_POOL_MAGIC;
+    static _Atomic uint32_t next_id;
+    p->id = atomic_fetch_add(&next_id, 1);
     memcpy(p->name, name, strlen(name) + 1);
     p->adapter = adapter;
     p->target = strdup(target ? target : "");
@@ -159,12 +161,13 @@ const char *leash_pool_name(const leash_pool *p)
     return p && p->magic == LEASH_POOL_MAGIC ? p->name : "";
 }
 
-/* Takes every idle slot off the stack (pool lock held); returns how many, into out. */
+/* Takes every idle slot, off the stack (newest first) and out of threads' caches (pool
+ * lock held); returns how many, into out. */
 static uint32_t drain_locked(struct leash_pool *p, struct leash_handle **out)
 {
     uint32_t n = 0;
     struct leash_handle *s;
-    while ((s = stack_pop(p)) != NULL)
+    while ((s = take_idle(p)) != NULL)
         out[n++] = s;
     return n;
 }
@@ -279,7 +282,7 @@ void leash__pool_fixup_child(struct leash_pool *p)
                 count(&p->discarded);
             st = SLOT_IDLE;
         }
-        if (st == SLOT_IDLE && v) {
+        if (is_idle_state(st) && v) {
             atomic_store(&s->state, SLOT_RETURNING);
             v[n++] = s;
         }
@@ -327,7 +330,7 @@ static void expire_idle(struct leash_pool *p, uint64_t now)
     uint32_t due = 0;
     for (uint32_t i = 0; i < p->nslots; i++) {
         struct leash_handle *s = &p->slots[i];
-        if (atomic_load(&s->state) != SLOT_IDLE)
+        if (!is_idle_state(atomic_load(&s->state)))
             continue;
         if (now >= ld(&s->expire_ns) || now - ld(&s->idle_since) > ld(&s->idle_limit))
             due++;
@@ -351,8 +354,10 @@ static void expire_idle(struct leash_pool *p, uint64_t now)
         else
             v[kept++] = s;
     }
-    for (uint32_t i = kept; i-- > 0;)
+    for (uint32_t i = kept; i-- > 0;) {
+        atomic_store(&v[i]->state, SLOT_IDLE);
         stack_push(p, v[i]);
+    }
     pthread_mutex_unlock(&p->lock);
     for (uint32_t i = 0; i < ngone; i++)
         atomic_store(&gone[i]->state, SLOT_RETURNING);
@@ -368,7 +373,7 @@ static void refill(struct leash_pool *p, uint64_t now)
     while (!atomic_load(&p->closed) && now >= p->refill_after) {
         uint32_t idle = 0;
         for (uint32_t i = 0; i < p->nslots; i++)
-            idle += atomic_load(&p->slots[i].state) == SLOT_IDLE;
+            idle += is_idle_state(atomic_load(&p->slots[i].state));
         if (idle >= (uint32_t)p->min_idle)
             return;
         pthread_mutex_lock(&p->lock);

@@ -24,6 +24,9 @@ void leash__http_global_init(void);
 
 _Atomic uint64_t leash__fork_gen;
 _Atomic uint64_t leash__tick;
+_Atomic uint64_t leash__epoch;
+__attribute__((tls_model(
+    "initial-exec"))) _Thread_local struct leash_cache_entry leash__t_cache[LEASH_CACHE_WAYS];
 int leash__fork_tid;
 _Atomic(struct leash_pool *) leash__pools;
 _Atomic int leash__dumping;
@@ -428,6 +431,7 @@ void leash_shutdown(void)
         sigaction(g.stats_signal, &g.old_action, NULL);
     g.stats_signal = 0;
     struct leash_pool *p = atomic_exchange(&leash__pools, NULL);
+    atomic_fetch_add(&leash__epoch, 1); /* every thread's cached handles are void now */
     while (atomic_load(&leash__dumping) != 0)
         sched_yield();
     while (p) {

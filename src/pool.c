@@ -213,7 +213,7 @@ static leash_handle *acquire_slow(struct leash_pool *p, int timeout_ms, const ch
     }
     /* No queue: take what there is without waiting. */
     if (!p->wait_head) {
-        s = stack_pop(p);
+        s = take_idle(p);
         if (!s) {
             s = leash__reserve_locked(p);
             create = s != NULL;
@@ -247,7 +247,7 @@ static leash_handle *acquire_slow(struct leash_pool *p, int timeout_ms, const ch
                 break;
             }
             if (p->wait_head == &w) {
-                s = stack_pop(p);
+                s = take_idle(p);
                 if (s)
                     break;
                 s = leash__reserve_locked(p);
@@ -268,7 +268,7 @@ static leash_handle *acquire_slow(struct leash_pool *p, int timeout_ms, const ch
             }
             if (rc == ETIMEDOUT) {
                 /* The head gets one last look before giving up. */
-                s = stack_pop(p);
+                s = take_idle(p);
                 if (!s && (s = leash__reserve_locked(p)) != NULL)
                     create = 1;
                 if (!s && !atomic_load(&p->closed))
@@ -324,6 +324,17 @@ static leash_handle *acquire_slow(struct leash_pool *p, int timeout_ms, const ch
     return s;
 }
 
+/* Lends s, an idle slot the caller took, after checking its age. */
+static inline leash_handle *lend_idle(struct leash_pool *p, struct leash_handle *s,
+                                      const char *file, int line, const char *func)
+{
+    uint64_t now = tick();
+    if (LEASH_UNLIKELY(needs_refresh(p, s, now)) && refresh(p, s, now) != LEASH_OK)
+        return NULL;
+    lend(s, now, file, line, func);
+    return s;
+}
+
 leash_handle *leash_acquire_at(leash_pool *p, int timeout_ms, const char *file, int line,
                                const char *func)
 {
@@ -343,6 +354,17 @@ leash_handle *leash_acquire_at(leash_pool *p, int timeout_ms, const char *file, 
         file = "?";
     if (!func)
         func = "?";
+    /* The handle this thread returned last, if nobody took it since. */
+    struct leash_cache_entry *ce = &leash__t_cache[p->id % LEASH_CACHE_WAYS];
+    struct leash_handle *s = ce->slot;
+    if (s && ce->epoch == atomic_load_explicit(&leash__epoch, memory_order_relaxed) &&
+        s->pool == p) {
+        ce->slot = NULL;
+        int expect = SLOT_CACHED;
+        if (LEASH_LIKELY(atomic_compare_exchange_strong_explicit(
+                &s->state, &expect, SLOT_RETURNING, memory_order_acquire, memory_order_relaxed)))
+            return lend_idle(p, s, file, line, func);
+    }
     /* Threads not yet queued may take an idle handle while the first waiter has waited
      * less than BARGE_NS: a thread that just released keeps running instead of sleeping
      * behind the queue (no convoy). Past that, newcomers queue up behind it (no
@@ -351,14 +373,9 @@ leash_handle *leash_acquire_at(leash_pool *p, int timeout_ms, const char *file, 
                      tick() - ld(&p->head_since) < BARGE_NS)) {
         if (LEASH_UNLIKELY(!atomic_load_explicit(&p->active, memory_order_relaxed)))
             atomic_store_explicit(&p->active, 1, memory_order_relaxed);
-        struct leash_handle *s = stack_pop(p);
-        if (LEASH_LIKELY(s != NULL)) {
-            uint64_t now = tick();
-            if (LEASH_UNLIKELY(needs_refresh(p, s, now)) && refresh(p, s, now) != LEASH_OK)
-                return NULL;
-            lend(s, now, file, line, func);
-            return s;
-        }
+        s = stack_pop(p);
+        if (LEASH_LIKELY(s != NULL))
+            return lend_idle(p, s, file, line, func);
     }
     return acquire_slow(p, timeout_ms, file, line, func);
 }
@@ -373,6 +390,7 @@ static const char *state_name(int st)
     case SLOT_CONNECTING:
         return "connecting";
     case SLOT_IDLE:
+    case SLOT_CACHED:
         return "idle";
     case SLOT_HELD:
         return "held";
@@ -426,8 +444,45 @@ static void drop_slot(struct leash_pool *p, struct leash_handle *s)
     leash__slot_free(p, s);
 }
 
+/* An idle slot the caller owns goes back on the stack; a waiter is woken. */
+static void push_idle(struct leash_pool *p, struct leash_handle *s)
+{
+    atomic_store_explicit(&s->state, SLOT_IDLE, memory_order_relaxed);
+    stack_push(p, s);
+    if (atomic_load(&p->nwaiters) != 0)
+        leash__wake_head(p);
+}
+
+/* Keeps s (returned, clean, owned by the caller) in this thread's cache; the handle that
+ * was there goes to its pool's stack. */
+static inline void cache_put(struct leash_pool *p, struct leash_handle *s)
+{
+    struct leash_cache_entry *ce = &leash__t_cache[p->id % LEASH_CACHE_WAYS];
+    uint64_t epoch = atomic_load_explicit(&leash__epoch, memory_order_relaxed);
+    struct leash_handle *old = ce->epoch == epoch ? ce->slot : NULL;
+    atomic_store(&s->state, SLOT_CACHED);
+    ce->slot = s;
+    ce->epoch = epoch;
+    if (old) {
+        int expect = SLOT_CACHED;
+        if (atomic_compare_exchange_strong(&old->state, &expect, SLOT_RETURNING))
+            push_idle(old->pool, old);
+    }
+    /* A thread that started waiting meanwhile may have missed s: give it to the stack. */
+    if (LEASH_UNLIKELY(atomic_load(&p->nwaiters) != 0)) {
+        int expect = SLOT_CACHED;
+        if (atomic_compare_exchange_strong(&s->state, &expect, SLOT_RETURNING)) {
+            ce->slot = NULL;
+            push_idle(p, s);
+        } else {
+            leash__wake_head(p);
+        }
+    }
+}
+
 /* Ends the borrow of s (state RETURNING, owned by the caller). */
-static inline void give_back(struct leash_pool *p, struct leash_handle *s, int how)
+static inline __attribute__((always_inline)) void give_back(struct leash_pool *p,
+                                                            struct leash_handle *s, int how)
 {
     uint64_t now = tick();
     uint64_t since = ld(&s->since_ns);
@@ -484,10 +539,13 @@ static inline void give_back(struct leash_pool *p, struct leash_handle *s, int h
         }
     }
     atomic_store_explicit(&s->idle_since, now, memory_order_relaxed);
-    atomic_store_explicit(&s->state, SLOT_IDLE, memory_order_relaxed);
-    stack_push(p, s);
-    if (LEASH_UNLIKELY(atomic_load(&p->nwaiters) != 0))
+    if (LEASH_LIKELY(atomic_load_explicit(&p->nwaiters, memory_order_relaxed) == 0)) {
+        cache_put(p, s);
+    } else {
+        atomic_store_explicit(&s->state, SLOT_IDLE, memory_order_relaxed);
+        stack_push(p, s);
         leash__wake_head(p);
+    }
     if (LEASH_UNLIKELY(atomic_load(&p->closed)))
         leash__pool_destroy_orphans(p);
 }
@@ -500,7 +558,8 @@ static int claim(struct leash_handle *s)
                                                    memory_order_acquire, memory_order_relaxed);
 }
 
-static inline void end_borrow(leash_handle **hp, int how, const char *fn)
+static inline __attribute__((always_inline)) void end_borrow(leash_handle **hp, int how,
+                                                             const char *fn)
 {
     if (!hp || !*hp)
         return;

@@ -64,6 +64,31 @@ static inline void stack_push(struct leash_pool *p, struct leash_handle *s)
     }
 }
 
+/* Takes an idle slot that sits in some thread's cache, or NULL. Lock-free. */
+static inline struct leash_handle *steal_cached(struct leash_pool *p)
+{
+    for (uint32_t i = 0; i < p->nslots; i++) {
+        struct leash_handle *s = &p->slots[i];
+        int expect = SLOT_CACHED;
+        if (atomic_load_explicit(&s->state, memory_order_relaxed) == SLOT_CACHED &&
+            atomic_compare_exchange_strong(&s->state, &expect, SLOT_RETURNING))
+            return s;
+    }
+    return NULL;
+}
+
+/* Takes an idle slot: the top of the stack, else one from a thread's cache. */
+static inline struct leash_handle *take_idle(struct leash_pool *p)
+{
+    struct leash_handle *s = stack_pop(p);
+    return s ? s : steal_cached(p);
+}
+
+static inline int is_idle_state(int st)
+{
+    return st == SLOT_IDLE || st == SLOT_CACHED;
+}
+
 /* Connects into s, which the caller owns (CONNECTING). Returns LEASH_OK or records the
  * failure (pool lock not held). */
 leash_status leash__connect_into(struct leash_pool *p, struct leash_handle *s);
