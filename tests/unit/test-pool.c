@@ -549,6 +549,44 @@ static void test_connect_happens_outside_the_lock(void **state)
     assert_balanced(p);
 }
 
+static void *take_and_return(void *v)
+{
+    leash_pool *p = v;
+    leash_handle *h = leash_acquire_for(p, 0); /* no wait: it must find the idle one */
+    void *conn = h ? leash_conn(h) : NULL;
+    leash_release(&h);
+    return conn;
+}
+
+static void test_thread_cache_gives_back_its_own_and_shares(void **state)
+{
+    (void)state;
+    leash_pool_options o = {.max_size = 1};
+    leash_pool *p = leash_pool_open("cache", &fake_adapter, "fake://h", &o);
+    leash_handle *h = leash_acquire(p);
+    void *mine = leash_conn(h);
+    leash_release(&h); /* kept in this thread's cache */
+    h = leash_acquire(p);
+    assert_ptr_equal(leash_conn(h), mine); /* the same connection back */
+    leash_release(&h);
+    /* Another thread finds the stack empty and takes the cached one: nothing is hoarded. */
+    pthread_t t;
+    void *theirs = NULL;
+    pthread_create(&t, NULL, take_and_return, p);
+    pthread_join(t, &theirs);
+    assert_ptr_equal(theirs, mine);
+    /* And this thread's stale cache entry does not hand it out twice. */
+    h = leash_acquire_for(p, 0);
+    assert_non_null(h);
+    leash_handle *again = leash_acquire_for(p, 0);
+    assert_null(again);
+    leash_release(&h);
+    leash_pool_stats st = stats(p);
+    assert_int_equal(st.created, 1);
+    assert_int_equal(st.idle, 1);
+    assert_balanced(p);
+}
+
 #define HAMMER_THREADS 8
 #define HAMMER_ROUNDS 5000
 
@@ -732,6 +770,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_suspected_leak_and_late_return, setup,
                                         teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_connect_happens_outside_the_lock, setup,
+                                        teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_thread_cache_gives_back_its_own_and_shares, setup,
                                         teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_threads_hammer_small_pool, setup, teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_bad_input, setup, teardown_no_leaks),
