@@ -5,7 +5,7 @@ set -euo pipefail
 pkgs=(
   build-essential g++ meson ninja-build pkg-config git
   libcmocka-dev libhiredis-dev libpq-dev libcurl4-openssl-dev
-  redis-server postgresql pgbouncer nginx-light openssl curl procps
+  redis-server postgresql pgbouncer nginx-light openssl curl procps iproute2
   libaprutil1-dev prometheus valgrind clang libclang-rt-14-dev
 )
 missing=()
