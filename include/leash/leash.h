@@ -165,7 +165,8 @@ LEASH_EXPORT void *leash_conn(leash_handle *h);
 /* The same, but NULL unless h is held and from a pool of that adapter (a handle of another
  * adapter is not misuse; one of this adapter that is not checked out is, as for leash_conn). */
 LEASH_EXPORT void *leash_conn_of(leash_handle *h, const leash_adapter *adapter);
-/* Its connection failed: its release destroys it (no reset, not counted dirty). */
+/* Its connection failed: its release destroys it (no reset, not counted dirty). NULL, or a
+ * handle not checked out, is a no-op. */
 LEASH_EXPORT void leash_mark_broken(leash_handle *h);
 /* The pool h was borrowed from, or NULL. */
 LEASH_EXPORT leash_pool *leash_handle_pool(leash_handle *h);
