@@ -4,6 +4,7 @@
 
 #include <leash/leash.h>
 
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 
@@ -41,6 +42,21 @@ void leash__redact(const char *in, char *out, size_t outlen);
 uint64_t leash__now_ns(void);
 /* CLOCK_MONOTONIC_COARSE in nanoseconds (a few ms resolution, far cheaper). */
 uint64_t leash__coarse_ns(void);
+
+/* SIGPIPE off for this thread around writes that may meet a closed peer: begin blocks it,
+ * end consumes one the writes raised (one already pending before is left alone) and
+ * restores the mask. Async-signal-safe. */
+typedef struct leash__nopipe {
+    sigset_t old;
+    int was_pending;
+} leash__nopipe;
+void leash__nopipe_begin(leash__nopipe *np);
+void leash__nopipe_end(leash__nopipe *np);
+
+/* h's connection if h is held and from a pool of adapter a; otherwise NULL with LEASH_EINVAL
+ * and a message "fn: the handle is NULL" or "fn: not a held KIND handle". For the adapters'
+ * request helpers. */
+void *leash__held_conn(leash_handle *h, const leash_adapter *a, const char *fn, const char *kind);
 
 /* Makes sure the manager is initialised (adapters call this from their pool functions);
  * returns LEASH_OK or the failure (already recorded). */

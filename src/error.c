@@ -3,7 +3,9 @@
 #include "core.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -316,4 +318,32 @@ void leash__log_atfork(int lock)
         pthread_mutex_unlock(&once_lock);
         pthread_mutex_unlock(&log_lock);
     }
+}
+
+/* ---- SIGPIPE ---------------------------------------------------------------------------- */
+
+void leash__nopipe_begin(leash__nopipe *np)
+{
+    sigset_t pipe_set, pending;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    sigpending(&pending);
+    np->was_pending = sigismember(&pending, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &np->old);
+}
+
+void leash__nopipe_end(leash__nopipe *np)
+{
+    if (!np->was_pending) {
+        sigset_t pipe_set, pending;
+        sigemptyset(&pipe_set);
+        sigaddset(&pipe_set, SIGPIPE);
+        sigpending(&pending);
+        if (sigismember(&pending, SIGPIPE)) {
+            struct timespec zero = {0, 0};
+            while (sigtimedwait(&pipe_set, NULL, &zero) < 0 && errno == EINTR)
+                ;
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &np->old, NULL);
 }

@@ -601,18 +601,31 @@ static int held_here(struct leash_handle *s)
            atomic_load_explicit(&s->tid, memory_order_relaxed) == leash__tid();
 }
 
-void leash__guard_check(leash_handle **hp)
+/* What a guard finds at scope exit: the handle if this thread still holds it, else NULL
+ * (nothing to do; one orphaned by a close is destroyed here). */
+static struct leash_handle *guarded(leash_handle **hp)
 {
     if (!hp || !*hp)
-        return;
+        return NULL;
     struct leash_handle *s = *hp;
-    *hp = NULL;
     if (valid_slot(s) && atomic_load(&s->state) == SLOT_ORPHANED) {
+        *hp = NULL;
         late_after_close(s);
-        return;
+        return NULL;
     }
-    if (!held_here(s))
+    if (!held_here(s)) {
+        *hp = NULL;
+        return NULL;
+    }
+    return s;
+}
+
+void leash__guard_check(leash_handle **hp)
+{
+    struct leash_handle *s = guarded(hp);
+    if (!s)
         return;
+    *hp = NULL;
     struct leash_pool *p = s->pool;
     if (leash__is_strict())
         leash__strict_abort(p, s, "handle still held at scope exit (LEASH_GUARD): leaked");
@@ -629,19 +642,8 @@ void leash__guard_check(leash_handle **hp)
 
 void leash__guard_release(leash_handle **hp)
 {
-    if (!hp || !*hp)
-        return;
-    struct leash_handle *s = *hp;
-    if (valid_slot(s) && atomic_load(&s->state) == SLOT_ORPHANED) {
-        *hp = NULL;
-        late_after_close(s);
-        return;
-    }
-    if (!held_here(s)) {
-        *hp = NULL;
-        return;
-    }
-    leash_release(hp);
+    if (guarded(hp))
+        leash_release(hp);
 }
 
 /* ---- handle accessors ---- */
@@ -668,6 +670,16 @@ void *leash_conn_of(leash_handle *s, const leash_adapter *adapter)
         return s->conn;
     misuse(s, "use of a handle that is not checked out");
     return NULL;
+}
+
+void *leash__held_conn(leash_handle *h, const leash_adapter *a, const char *fn, const char *kind)
+{
+    if (!h)
+        return leash__fail_null(LEASH_EINVAL, "%s: the handle is NULL", fn);
+    void *c = leash_conn_of(h, a);
+    if (!c)
+        return leash__fail_null(LEASH_EINVAL, "%s: not a held %s handle", fn, kind);
+    return c;
 }
 
 void leash_mark_broken(leash_handle *s)

@@ -19,35 +19,24 @@ struct out {
 };
 
 /* Writes the buffer out. A reader that went away (a closed pipe, a dead log shipper) is
- * a write error, never a SIGPIPE: the signal is blocked around the write and, if the
- * write raised it, consumed. */
+ * a write error, never a SIGPIPE. */
 static void o_flush(struct out *o)
 {
     if (!o->n)
         return;
-    sigset_t pipe_set, old, pending;
-    sigemptyset(&pipe_set);
-    sigaddset(&pipe_set, SIGPIPE);
-    sigpending(&pending);
-    int was_pending = sigismember(&pending, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    leash__nopipe np;
+    leash__nopipe_begin(&np);
     size_t off = 0;
     while (off < o->n && !o->err) {
         ssize_t w = write(o->fd, o->buf + off, o->n - off);
         if (w < 0 && errno == EINTR)
             continue;
-        if (w <= 0) {
+        if (w <= 0)
             o->err = 1;
-            if (w < 0 && errno == EPIPE && !was_pending) {
-                struct timespec zero = {0, 0};
-                while (sigtimedwait(&pipe_set, NULL, &zero) < 0 && errno == EINTR)
-                    ;
-            }
-        } else {
+        else
             off += (size_t)w;
-        }
     }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    leash__nopipe_end(&np);
     o->n = 0;
 }
 

@@ -618,10 +618,9 @@ leash_status leash_http_request(leash_handle *h, const char *method, const char 
     out->status = 0;
     out->body = NULL;
     out->len = 0;
-    http_conn *c = leash_conn_of(h, &leash_http_adapter);
+    http_conn *c = leash__held_conn(h, &leash_http_adapter, "http request", "HTTP");
     if (!c)
-        return leash__fail(LEASH_EINVAL, "http request: %s",
-                           h ? "not a held HTTP handle" : "handle is NULL");
+        return LEASH_EINVAL;
     if (!method || !*method || strlen(method) > HTTP_METHOD_MAX)
         return leash__fail(LEASH_EINVAL, "http request: method is NULL, empty or too long");
     for (const char *q = method; *q; q++)

@@ -615,12 +615,7 @@ leash_pool *leash_pg_pool(const char *name, const char *conninfo, const leash_po
 /* h's connection, or NULL with LEASH_EINVAL. */
 static pg_conn *held(leash_handle *h, const char *fn)
 {
-    if (!h)
-        return leash__fail_null(LEASH_EINVAL, "%s: the handle is NULL", fn);
-    pg_conn *c = leash_conn_of(h, &leash_pg_adapter);
-    if (!c)
-        return leash__fail_null(LEASH_EINVAL, "%s: not a held PostgreSQL handle", fn);
-    return c;
+    return leash__held_conn(h, &leash_pg_adapter, fn, "PostgreSQL");
 }
 
 /* First use since the pool lent it: a connection that died while idle (backend terminated,

@@ -11,8 +11,6 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -97,23 +95,12 @@ static int send_all(redisContext *rc, const char *buf, size_t len)
  * this thread; a SIGPIPE raised meanwhile is consumed. IO_OK or IO_FAIL (rc->err set). */
 static int flush_obuf(redisContext *rc)
 {
-    sigset_t pipe_set, old, pending;
-    sigemptyset(&pipe_set);
-    sigaddset(&pipe_set, SIGPIPE);
-    sigpending(&pending);
-    int was_pending = sigismember(&pending, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    leash__nopipe np;
+    leash__nopipe_begin(&np);
     int done = 0, r = REDIS_OK;
     while (!done && r == REDIS_OK)
         r = redisBufferWrite(rc, &done);
-    if (!was_pending) {
-        sigpending(&pending);
-        if (sigismember(&pending, SIGPIPE)) {
-            struct timespec zero = {0, 0};
-            sigtimedwait(&pipe_set, NULL, &zero);
-        }
-    }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    leash__nopipe_end(&np);
     return r == REDIS_OK ? IO_OK : IO_FAIL;
 }
 
@@ -526,12 +513,7 @@ leash_pool *leash_redis_pool(const char *name, const char *url, const leash_pool
 
 static redis_conn *held(leash_handle *h, const char *fn)
 {
-    if (!h)
-        return leash__fail_null(LEASH_EINVAL, "%s: the handle is NULL", fn);
-    redis_conn *c = leash_conn_of(h, &leash_redis_adapter);
-    if (!c)
-        return leash__fail_null(LEASH_EINVAL, "%s: not a held Redis handle", fn);
-    return c;
+    return leash__held_conn(h, &leash_redis_adapter, fn, "Redis");
 }
 
 /* First use since the pool lent it: a connection that died while idle (CLIENT KILL, server

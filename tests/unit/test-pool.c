@@ -431,7 +431,7 @@ static void test_max_lifetime_replaces(void **state)
     leash_handle *h = leash_acquire(p);
     int id = ((struct fake_conn *)leash_conn(h))->id;
     leash_release(&h);
-    sleep_ms(120);
+    sleep_ms(300); /* past max_lifetime_ms at the pools' clock resolution (<= 100 ms) */
     h = leash_acquire(p);
     assert_int_not_equal(((struct fake_conn *)leash_conn(h))->id, id);
     leash_release(&h);
