@@ -1,4 +1,4 @@
-/* Helpers shared by the Redis integration tests: servers, pools, replies, logs, children. */
+/* Helpers shared by the Redis integration tests: servers, pools, replies. */
 #include "redis-util.h"
 
 #include <errno.h>
@@ -18,20 +18,6 @@
 #include <unistd.h>
 
 #include <cmocka.h>
-
-void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0)
-        ;
-}
-
-double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* A plain hiredis connection to the password-less instance, outside leash (for CLIENT KILL,
  * checks and setup). */
@@ -64,14 +50,6 @@ leash_pool *pool(const char *name, const char *url, int max_size)
     if (!p)
         fail_msg("pool %s: %s", name, leash_last_error());
     return p;
-}
-
-leash_handle *take(leash_pool *p)
-{
-    leash_handle *h = leash_acquire(p);
-    if (!h)
-        fail_msg("acquire: %s", leash_last_error());
-    return h;
 }
 
 /* The reply r of the command what, which must be a reply and not an error (for must()). */
@@ -118,115 +96,10 @@ char *client_info(leash_handle *h, const char *field)
     return strndup(p, strcspn(p, " \r\n"));
 }
 
-leash_pool_stats stats(leash_pool *p)
-{
-    leash_pool_stats s;
-    assert_int_equal(leash_pool_stats_get(p, &s), LEASH_OK);
-    return s;
-}
-
-/* The counting invariant of DESIGN.md, for a quiet pool. */
-void assert_balanced(leash_pool *p)
-{
-    leash_pool_stats s = stats(p);
-    assert_int_equal(s.in_use, 0);
-    assert_int_equal(s.acquired, s.released + s.discarded + s.leaks_reclaimed + s.leaks_at_close);
-    assert_int_equal(s.misuse, 0);
-}
-
-/* Release checking off (the production default), for tests of dirty returns being cleaned. */
-void default_mode(void)
-{
-    leash_shutdown();
-    assert_int_equal(leash_init(&(leash_config){.strict = 0, .stats_signal = 0, .stats_fd = -1}),
-                     LEASH_OK);
-    assert_int_equal(leash_strict(), 0);
-}
-
-/* ---- log capture ---- */
-
-static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
-char log_text[16384];
-static size_t log_len;
-
-static void capture(int level, const char *msg, void *arg)
-{
-    pthread_mutex_lock(&log_lock);
-    int n = snprintf(log_text + log_len, sizeof log_text - log_len, "[%d] %s\n", level, msg);
-    if (n > 0 && (size_t)n < sizeof log_text - log_len)
-        log_len += (size_t)n;
-    pthread_mutex_unlock(&log_lock);
-}
-
-void capture_start(void)
-{
-    pthread_mutex_lock(&log_lock);
-    log_len = 0;
-    log_text[0] = '\0';
-    pthread_mutex_unlock(&log_lock);
-    leash_set_log(capture, NULL);
-}
-
-/* Reads everything from fd until EOF (malloc'd). */
-char *slurp(int fd)
-{
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    for (;;) {
-        if (n + 1024 > cap)
-            buf = realloc(buf, cap *= 2);
-        ssize_t r = read(fd, buf + n, cap - n - 1);
-        if (r <= 0)
-            break;
-        n += (size_t)r;
-    }
-    buf[n] = '\0';
-    return buf;
-}
-
-/* A dump of every pool in fmt, as a string (malloc'd). */
-char *dump(leash_format fmt)
-{
-    FILE *f = tmpfile();
-    assert_non_null(f);
-    assert_int_equal(leash_stats_dump(fileno(f), fmt), 0);
-    rewind(f);
-    char *text = slurp(fileno(f));
-    fclose(f);
-    return text;
-}
-
-/* Runs fn in a child process with stderr captured: returns its wait status, and its stderr
- * in *err (malloc'd). */
-int run_child(void (*fn)(void), char **err)
-{
-    int fds[2];
-    assert_int_equal(pipe(fds), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(fds[1], 2);
-        close(fds[0]);
-        close(fds[1]);
-        fn();
-        _exit(0);
-    }
-    close(fds[1]);
-    *err = slurp(fds[0]);
-    close(fds[0]);
-    int st = 0;
-    while (waitpid(pid, &st, 0) < 0)
-        ;
-    return st;
-}
-
 int teardown(void **state)
 {
     srv_signal(SRV_REDIS_PIDFILE, SIGCONT); /* in case a pause test failed half-way */
-    leash_set_log(NULL, NULL);
-    assert_int_equal(leash_check_leaks(2), 0);
-    leash_shutdown();
-    return 0;
+    return teardown_no_leaks(state);
 }
 
 int group_setup(void **state)

@@ -2,6 +2,7 @@
 #ifndef LEASH_TEST_REDIS_UTIL_H
 #define LEASH_TEST_REDIS_UTIL_H
 
+#include "kit.h"
 #include "servers.h"
 
 #include <leash/redis.h>
@@ -15,18 +16,12 @@
 /* Runs a command through h that must answer (not an error reply); returns the reply. */
 #define must(h, ...) checked(leash_redis_command((h), __VA_ARGS__), #__VA_ARGS__)
 
-/* What the log callback received since capture_start(). */
-extern char log_text[16384];
-
-void sleep_ms(int ms);
-double now_s(void);
 /* A plain hiredis connection to the password-less instance, outside leash (for CLIENT KILL,
  * checks and setup). */
 redisContext *admin(void);
 /* Runs a command on the admin connection; fails the test unless a reply came. */
 redisReply *admin_cmd(redisContext *rc, const char *fmt, ...);
 leash_pool *pool(const char *name, const char *url, int max_size);
-leash_handle *take(leash_pool *p);
 /* The reply r of the command what, which must be a reply and not an error (for must()). */
 redisReply *checked(redisReply *r, const char *what);
 /* GET key through h, as a malloc'd string ("(nil)" for none). */
@@ -35,19 +30,6 @@ void set(leash_handle *h, const char *key, const char *value);
 long long client_id(leash_handle *h);
 /* The value of field (e.g. "db") in this connection's CLIENT INFO line (malloc'd). */
 char *client_info(leash_handle *h, const char *field);
-leash_pool_stats stats(leash_pool *p);
-/* The counting invariant of DESIGN.md, for a quiet pool. */
-void assert_balanced(leash_pool *p);
-/* Release checking off (the production default), for tests of dirty returns being cleaned. */
-void default_mode(void);
-void capture_start(void);
-/* Reads everything from fd until EOF (malloc'd). */
-char *slurp(int fd);
-/* A dump of every pool in fmt, as a string (malloc'd). */
-char *dump(leash_format fmt);
-/* Runs fn in a child process with stderr captured: returns its wait status, and its stderr
- * in *err (malloc'd). */
-int run_child(void (*fn)(void), char **err);
 int teardown(void **state);
 int group_setup(void **state);
 

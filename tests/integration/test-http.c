@@ -1,4 +1,5 @@
 /* Integration tests of the HTTP adapter against a real nginx (tests/servers.d/nginx.sh). */
+#include "kit.h"
 #include "servers.h"
 
 #include <leash/http.h>
@@ -28,20 +29,6 @@ void leash__http_share_hold(leash_handle *h, int lock);
 #define LARGE_SIZE 1048576
 
 /* ---- helpers ---- */
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0)
-        ;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* CURLINFO_NUM_CONNECTS of h's last transfer: connections it had to open. */
 static long connects(leash_handle *h)
@@ -95,29 +82,6 @@ static leash_pool *pool_with(const char *name, const char *base, int max_size,
     return p;
 }
 
-static leash_pool_stats stats(leash_pool *p)
-{
-    leash_pool_stats s;
-    assert_int_equal(leash_pool_stats_get(p, &s), LEASH_OK);
-    return s;
-}
-
-/* What leash_stats_dump writes in format fmt, malloc'd. */
-static char *dump(leash_format fmt)
-{
-    FILE *f = tmpfile();
-    assert_non_null(f);
-    int fd = fileno(f);
-    assert_int_equal(leash_stats_dump(fd, fmt), 0);
-    off_t n = lseek(fd, 0, SEEK_END);
-    assert_true(n > 0);
-    char *s = calloc(1, (size_t)n + 1);
-    assert_non_null(s);
-    assert_int_equal(pread(fd, s, (size_t)n, 0), n);
-    fclose(f);
-    return s;
-}
-
 /* A response body collected by a raw curl handle (up to 511 bytes, NUL-terminated). */
 struct text {
     size_t len;
@@ -152,40 +116,12 @@ static long nginx_accepts(void)
     return strtol(s + 9, NULL, 10);
 }
 
-/* Waits up to 10 s for the child pid; a child still running then is killed and fails
- * the test (a hang in the child must not hang the suite). Returns its wait status. */
-static int wait_child(pid_t pid)
-{
-    int st = 0;
-    for (int i = 0; i < 1000; i++) {
-        pid_t r = waitpid(pid, &st, WNOHANG);
-        if (r == pid)
-            return st;
-        assert_int_equal(r, 0);
-        sleep_ms(10);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &st, 0);
-    fail_msg("child %d still running after 10 s: killed", (int)pid);
-    return st;
-}
-
 static int group_setup(void **state)
 {
     if (srv_ctl("start", "nginx") != 0) {
         fprintf(stderr, "test-http: tests/servers.sh start nginx failed\n");
         return -1;
     }
-    return 0;
-}
-
-/* Every test ends with no handle outstanding; leash is shut down either way, so one
- * failure does not leak into the next test. */
-static int teardown(void **state)
-{
-    int held = leash_check_leaks(2);
-    leash_shutdown();
-    assert_int_equal(held, 0);
     return 0;
 }
 
@@ -851,19 +787,6 @@ static void test_bad_paths_and_methods(void **state)
     assert_int_equal(stats(p).destroyed, 0);
 }
 
-static void *fake_connect(void *ctx, const char *target, char *err, size_t errlen)
-{
-    return malloc(1);
-}
-
-static void fake_destroy(void *ctx, void *conn)
-{
-    free(conn);
-}
-
-static const leash_adapter fake_adapter = {
-    .kind = "fake", .connect = fake_connect, .destroy = fake_destroy};
-
 static void test_bad_handles(void **state)
 {
     leash_http_response r = {.body = (char *)"junk", .len = 4};
@@ -874,7 +797,7 @@ static void test_bad_handles(void **state)
     assert_int_equal(r.len, 0);
     assert_non_null(strstr(leash_last_error(), "NULL"));
     /* A handle from a pool of another adapter */
-    leash_pool *f = leash_pool_open("fake", &fake_adapter, "fake", NULL);
+    leash_pool *f = leash_pool_open("other", &kit_other_adapter, "x", NULL);
     assert_non_null(f);
     leash_handle *h = leash_acquire(f);
     assert_non_null(h);
@@ -951,22 +874,23 @@ static void test_password_never_shown(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_teardown(test_get_statuses_and_joins, teardown),
-        cmocka_unit_test_teardown(test_post_with_body, teardown),
-        cmocka_unit_test_teardown(test_thousand_gets_two_connections, teardown),
-        cmocka_unit_test_teardown(test_slow_endpoint_times_out, teardown),
-        cmocka_unit_test_teardown(test_body_over_limit, teardown),
-        cmocka_unit_test_teardown(test_tls_verification, teardown),
-        cmocka_unit_test_teardown(test_fork_child_leaves_parent_connections_alone, teardown),
-        cmocka_unit_test_teardown(test_fork_while_a_share_lock_is_held, teardown),
-        cmocka_unit_test_teardown(test_raw_borrower_then_keepalive_reused, teardown),
-        cmocka_unit_test_teardown(test_transport_failure_marks_broken, teardown),
-        cmocka_unit_test_teardown(test_bad_base_urls, teardown),
-        cmocka_unit_test_teardown(test_bad_paths_and_methods, teardown),
-        cmocka_unit_test_teardown(test_bad_handles, teardown),
-        cmocka_unit_test_teardown(test_bad_options, teardown),
-        cmocka_unit_test_teardown(test_password_never_shown, teardown),
-        cmocka_unit_test_teardown(test_reload_and_restart_under_load, teardown),
+        cmocka_unit_test_teardown(test_get_statuses_and_joins, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_post_with_body, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_thousand_gets_two_connections, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_slow_endpoint_times_out, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_body_over_limit, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_tls_verification, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_fork_child_leaves_parent_connections_alone,
+                                  teardown_no_leaks),
+        cmocka_unit_test_teardown(test_fork_while_a_share_lock_is_held, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_raw_borrower_then_keepalive_reused, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_transport_failure_marks_broken, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_bad_base_urls, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_bad_paths_and_methods, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_bad_handles, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_bad_options, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_password_never_shown, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_reload_and_restart_under_load, teardown_no_leaks),
     };
     const char *only = getenv("TEST_FILTER"); /* e.g. TEST_FILTER='*fork*' */
     if (only && *only)

@@ -1,5 +1,6 @@
 /* Integration tests of the PostgreSQL adapter against a real PostgreSQL 15 and pgbouncer
  * (tests/servers.d/pg.sh, pgbouncer.sh). */
+#include "kit.h"
 #include "servers.h"
 
 #include <leash/pg.h>
@@ -32,20 +33,6 @@ static struct target direct = {PG_KV, 0};
 static struct target bouncer = {BOUNCER_KV, 1};
 
 /* ---- helpers ---- */
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0)
-        ;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* Runs sql as the superuser over the unix socket; returns the first value (malloc'd, "" when
  * there is none). Fails the test on an error. */
@@ -116,126 +103,6 @@ static leash_pool *pool(const char *name, const char *conninfo, int max_size,
     if (!p)
         fail_msg("pool %s: %s", name, leash_last_error());
     return p;
-}
-
-static leash_handle *take(leash_pool *p)
-{
-    leash_handle *h = leash_acquire(p);
-    if (!h)
-        fail_msg("acquire: %s", leash_last_error());
-    return h;
-}
-
-static leash_pool_stats stats(leash_pool *p)
-{
-    leash_pool_stats s;
-    assert_int_equal(leash_pool_stats_get(p, &s), LEASH_OK);
-    return s;
-}
-
-/* Counting invariant of DESIGN.md, for a quiet pool. */
-static void assert_balanced(leash_pool *p)
-{
-    leash_pool_stats s = stats(p);
-    assert_int_equal(s.in_use, 0);
-    assert_int_equal(s.acquired, s.released + s.discarded + s.leaks_reclaimed + s.leaks_at_close);
-    assert_int_equal(s.misuse, 0);
-}
-
-/* ---- log capture ---- */
-
-static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
-static char log_text[16384];
-static size_t log_len;
-
-static void capture(int level, const char *msg, void *arg)
-{
-    pthread_mutex_lock(&log_lock);
-    int n = snprintf(log_text + log_len, sizeof log_text - log_len, "[%d] %s\n", level, msg);
-    if (n > 0 && (size_t)n < sizeof log_text - log_len)
-        log_len += (size_t)n;
-    pthread_mutex_unlock(&log_lock);
-}
-
-static void capture_start(void)
-{
-    pthread_mutex_lock(&log_lock);
-    log_len = 0;
-    log_text[0] = '\0';
-    pthread_mutex_unlock(&log_lock);
-    leash_set_log(capture, NULL);
-}
-
-/* Release checking off (the production default), for tests of dirty returns being cleaned. */
-static void default_mode(void)
-{
-    leash_shutdown();
-    assert_int_equal(leash_init(&(leash_config){.strict = 0, .stats_signal = 0, .stats_fd = -1}),
-                     LEASH_OK);
-    assert_int_equal(leash_strict(), 0);
-    capture_start(); /* the dirty-return warnings, checked by the tests */
-}
-
-/* Reads everything from fd until EOF (malloc'd). */
-static char *slurp(int fd)
-{
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    for (;;) {
-        if (n + 1024 > cap)
-            buf = realloc(buf, cap *= 2);
-        ssize_t r = read(fd, buf + n, cap - n - 1);
-        if (r <= 0)
-            break;
-        n += (size_t)r;
-    }
-    buf[n] = '\0';
-    return buf;
-}
-
-/* A dump of every pool in fmt, as a string (malloc'd). */
-static char *dump(leash_format fmt)
-{
-    FILE *f = tmpfile();
-    assert_non_null(f);
-    assert_int_equal(leash_stats_dump(fileno(f), fmt), 0);
-    rewind(f);
-    char *text = slurp(fileno(f));
-    fclose(f);
-    return text;
-}
-
-/* Runs fn in a child process with stderr captured: returns its wait status, and its stderr
- * in *err (malloc'd). */
-static int run_child(void (*fn)(void), char **err)
-{
-    int fds[2];
-    assert_int_equal(pipe(fds), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(fds[1], 2);
-        close(fds[0]);
-        close(fds[1]);
-        fn();
-        _exit(0);
-    }
-    close(fds[1]);
-    *err = slurp(fds[0]);
-    close(fds[0]);
-    int st = 0;
-    while (waitpid(pid, &st, 0) < 0)
-        ;
-    return st;
-}
-
-static int teardown(void **state)
-{
-    leash_set_log(NULL, NULL);
-    int held = leash_check_leaks(2);
-    leash_shutdown(); /* also after a failure, so the next test starts clean */
-    assert_int_equal(held, 0);
-    return 0;
 }
 
 static int group_setup(void **state)
@@ -337,6 +204,7 @@ static void test_open_transaction_rolled_back(void **state)
 {
     struct target *t = *state;
     default_mode();
+    capture_start(); /* the dirty-return warnings, checked below */
     leash_pool *p = pool("open-tx", t->conninfo, 1, NULL);
     leash_handle *h = take(p);
     exec_ok(h, "CREATE TABLE IF NOT EXISTS leash_tx (id int)");
@@ -374,6 +242,7 @@ static void test_aborted_transaction(void **state)
 {
     struct target *t = *state;
     default_mode();
+    capture_start(); /* the dirty-return warnings, checked below */
     leash_pool *p = pool("aborted-tx", t->conninfo, 1, NULL);
     leash_handle *h = take(p);
     exec_ok(h, "BEGIN");
@@ -398,6 +267,7 @@ static void test_unread_results_drained(void **state)
 {
     struct target *t = *state;
     default_mode();
+    capture_start(); /* the dirty-return warnings, checked below */
     leash_pool *p = pool("unread", t->conninfo, 1, NULL);
     leash_handle *h = take(p);
     assert_int_equal(PQsendQuery(leash_pg(h), "SELECT 1; SELECT 2; SELECT 3"), 1);
@@ -458,6 +328,7 @@ static void test_running_query_cancelled(void **state)
 {
     struct target *t = *state;
     default_mode();
+    capture_start(); /* the dirty-return warnings, checked below */
     leash_pool *p = pool("running", t->conninfo, 1, NULL);
     leash_handle *h = take(p);
     assert_int_equal(PQsendQuery(leash_pg(h), "SELECT pg_sleep(30) /* leash-running */"), 1);
@@ -472,9 +343,10 @@ static void test_running_query_cancelled(void **state)
     leash_release(&h);
     assert_int_equal(stats(p).dirty_returns, 1);
     sleep_ms(100);
-    assert_int_equal(su_long("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND "
-                             "query LIKE '%leash-running%' AND query NOT LIKE '%pg_stat_activity%'"),
-                     0);
+    assert_int_equal(
+        su_long("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND "
+                "query LIKE '%leash-running%' AND query NOT LIKE '%pg_stat_activity%'"),
+        0);
     assert_balanced(p);
 }
 
@@ -722,7 +594,7 @@ static leash_pool *fork_pool;
 static leash_handle *fork_held;
 static long fork_idle_pid;
 
-static void child_uses_pool(void)
+static void child_uses_pool(void *arg)
 {
     /* The idle connection and the handle held at fork are the parent's: leash must not
      * speak on them. The child makes its own, uses it, and drops everything. */
@@ -756,7 +628,7 @@ static void test_fork_parent_survives(void **state)
     leash_release(&idle);
 
     char *err = NULL;
-    int st = run_child(child_uses_pool, &err);
+    int st = run_child(child_uses_pool, NULL, &err);
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
         fail_msg("child: status %d, stderr: %s", st, err);
     free(err);
@@ -774,7 +646,7 @@ static void test_fork_parent_survives(void **state)
     assert_balanced(fork_pool);
 }
 
-static void child_leaves_transaction_open(void)
+static void child_leaves_transaction_open(void *arg)
 {
     leash_pool *p = leash_pg_pool("strict-child", PG_KV, NULL);
     if (!p)
@@ -793,7 +665,7 @@ static void test_strict_aborts_on_open_transaction(void **state)
 {
     assert_int_equal(leash_strict(), 1);
     char *err = NULL;
-    int st = run_child(child_leaves_transaction_open, &err);
+    int st = run_child(child_leaves_transaction_open, NULL, &err);
     if (!WIFSIGNALED(st) || WTERMSIG(st) != SIGABRT)
         fail_msg("child did not abort: status %d, stderr: %s", st, err);
     assert_non_null(strstr(err, "strict-child"));
@@ -935,18 +807,6 @@ static void test_bad_conninfo(void **state)
     assert_null(leash_pool_get("bad"));
 }
 
-/* A tiny adapter of something that is not PostgreSQL. */
-static void *other_connect(void *ctx, const char *target, char *err, size_t errlen)
-{
-    return malloc(16);
-}
-static void other_destroy(void *ctx, void *conn)
-{
-    free(conn);
-}
-static const leash_adapter other_adapter = {
-    .kind = "other", .connect = other_connect, .destroy = other_destroy};
-
 /* NULL and non-PostgreSQL handles, NULL sql, bad parameter counts: LEASH_EINVAL, no crash. */
 static void test_bad_handles(void **state)
 {
@@ -956,7 +816,7 @@ static void test_bad_handles(void **state)
     assert_null(leash_pg_params(NULL, "SELECT 1", 0, NULL));
     assert_int_equal(leash_last_status(), LEASH_EINVAL);
 
-    leash_pool *o = leash_pool_open("other", &other_adapter, "x", NULL);
+    leash_pool *o = leash_pool_open("other", &kit_other_adapter, "x", NULL);
     assert_non_null(o);
     leash_handle *h = take(o);
     assert_null(leash_pg(h));
@@ -989,43 +849,47 @@ static void test_bad_handles(void **state)
 int main(void)
 {
     const struct CMUnitTest postgres[] = {
-        cmocka_unit_test_prestate_setup_teardown(test_many_threads, NULL, teardown, &direct),
-        cmocka_unit_test_prestate_setup_teardown(test_sql_error_and_params, NULL, teardown,
+        cmocka_unit_test_prestate_setup_teardown(test_many_threads, NULL, teardown_no_leaks,
                                                  &direct),
-        cmocka_unit_test_prestate_setup_teardown(test_open_transaction_rolled_back, NULL, teardown,
+        cmocka_unit_test_prestate_setup_teardown(test_sql_error_and_params, NULL, teardown_no_leaks,
                                                  &direct),
-        cmocka_unit_test_prestate_setup_teardown(test_aborted_transaction, NULL, teardown, &direct),
-        cmocka_unit_test_prestate_setup_teardown(test_unread_results_drained, NULL, teardown,
+        cmocka_unit_test_prestate_setup_teardown(test_open_transaction_rolled_back, NULL,
+                                                 teardown_no_leaks, &direct),
+        cmocka_unit_test_prestate_setup_teardown(test_aborted_transaction, NULL, teardown_no_leaks,
                                                  &direct),
-        cmocka_unit_test_prestate_setup_teardown(test_running_query_cancelled, NULL, teardown,
+        cmocka_unit_test_prestate_setup_teardown(test_unread_results_drained, NULL,
+                                                 teardown_no_leaks, &direct),
+        cmocka_unit_test_prestate_setup_teardown(test_running_query_cancelled, NULL,
+                                                 teardown_no_leaks, &direct),
+        cmocka_unit_test_prestate_setup_teardown(test_validate_after_idle, NULL, teardown_no_leaks,
                                                  &direct),
-        cmocka_unit_test_prestate_setup_teardown(test_validate_after_idle, NULL, teardown, &direct),
-        cmocka_unit_test_teardown(test_terminate_idle, teardown),
-        cmocka_unit_test_teardown(test_terminate_held, teardown),
-        cmocka_unit_test_teardown(test_wrong_password, teardown),
-        cmocka_unit_test_teardown(test_multi_host_first_down, teardown),
-        cmocka_unit_test_teardown(test_fork_parent_survives, teardown),
-        cmocka_unit_test_teardown(test_strict_aborts_on_open_transaction, teardown),
-        cmocka_unit_test_teardown(test_options_visible, teardown),
-        cmocka_unit_test_teardown(test_notices_to_log, teardown),
-        cmocka_unit_test_teardown(test_bad_conninfo, teardown),
-        cmocka_unit_test_teardown(test_bad_handles, teardown),
-        cmocka_unit_test_teardown(test_server_restart_under_load, teardown),
+        cmocka_unit_test_teardown(test_terminate_idle, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_terminate_held, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_wrong_password, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_multi_host_first_down, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_fork_parent_survives, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_strict_aborts_on_open_transaction, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_options_visible, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_notices_to_log, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_bad_conninfo, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_bad_handles, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_server_restart_under_load, teardown_no_leaks),
     };
     /* The basic suite again through pgbouncer (transaction pooling, no reset query). */
     const struct CMUnitTest pgbouncer[] = {
-        cmocka_unit_test_prestate_setup_teardown(test_many_threads, NULL, teardown, &bouncer),
-        cmocka_unit_test_prestate_setup_teardown(test_sql_error_and_params, NULL, teardown,
+        cmocka_unit_test_prestate_setup_teardown(test_many_threads, NULL, teardown_no_leaks,
                                                  &bouncer),
-        cmocka_unit_test_prestate_setup_teardown(test_open_transaction_rolled_back, NULL, teardown,
+        cmocka_unit_test_prestate_setup_teardown(test_sql_error_and_params, NULL, teardown_no_leaks,
                                                  &bouncer),
-        cmocka_unit_test_prestate_setup_teardown(test_aborted_transaction, NULL, teardown,
+        cmocka_unit_test_prestate_setup_teardown(test_open_transaction_rolled_back, NULL,
+                                                 teardown_no_leaks, &bouncer),
+        cmocka_unit_test_prestate_setup_teardown(test_aborted_transaction, NULL, teardown_no_leaks,
                                                  &bouncer),
-        cmocka_unit_test_prestate_setup_teardown(test_unread_results_drained, NULL, teardown,
-                                                 &bouncer),
-        cmocka_unit_test_prestate_setup_teardown(test_running_query_cancelled, NULL, teardown,
-                                                 &bouncer),
-        cmocka_unit_test_prestate_setup_teardown(test_validate_after_idle, NULL, teardown,
+        cmocka_unit_test_prestate_setup_teardown(test_unread_results_drained, NULL,
+                                                 teardown_no_leaks, &bouncer),
+        cmocka_unit_test_prestate_setup_teardown(test_running_query_cancelled, NULL,
+                                                 teardown_no_leaks, &bouncer),
+        cmocka_unit_test_prestate_setup_teardown(test_validate_after_idle, NULL, teardown_no_leaks,
                                                  &bouncer),
     };
     int failed = cmocka_run_group_tests_name("postgres", postgres, group_setup, NULL);

@@ -326,7 +326,7 @@ void test_unix_socket(void **state)
 static leash_pool *fork_pool;
 static leash_handle *fork_held;
 
-static void child_uses_pool(void)
+static void child_uses_pool(void *arg)
 {
     /* The idle connection and the handle held at fork are the parent's: leash must not speak
      * on them. The child makes its own, uses it, and drops everything. */
@@ -356,7 +356,7 @@ void test_fork(void **state)
     leash_release(&idle);
 
     char *err = NULL;
-    int st = run_child(child_uses_pool, &err);
+    int st = run_child(child_uses_pool, NULL, &err);
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
         fail_msg("child: status %d, stderr: %s", st, err);
     free(err);
@@ -380,7 +380,7 @@ void test_fork(void **state)
 
 /* ---- strict mode and SIGPIPE (child processes) ---- */
 
-static void child_leaves_multi_open(void)
+static void child_leaves_multi_open(void *arg)
 {
     leash_pool *p = leash_redis_pool("strict-multi", AUTH_URL, NULL);
     if (!p)
@@ -393,7 +393,7 @@ static void child_leaves_multi_open(void)
     _exit(22);
 }
 
-static void child_leaves_reply_unread(void)
+static void child_leaves_reply_unread(void *arg)
 {
     leash_pool *p = leash_redis_pool("strict-unread", AUTH_URL, NULL);
     leash_handle *h = p ? leash_acquire(p) : NULL;
@@ -410,10 +410,10 @@ static void child_leaves_reply_unread(void)
     _exit(22);
 }
 
-static void check_strict_abort(void (*fn)(void), const char *pool_name)
+static void check_strict_abort(void (*fn)(void *), const char *pool_name)
 {
     char *err = NULL;
-    int st = run_child(fn, &err);
+    int st = run_child(fn, NULL, &err);
     if (!WIFSIGNALED(st) || WTERMSIG(st) != SIGABRT)
         fail_msg("child did not abort: status %d, stderr: %s", st, err);
     if (!strstr(err, pool_name) || !strstr(err, "test-redis-failures.c:") || !strstr(err, "dirty"))
@@ -452,7 +452,7 @@ static int kill_under(leash_handle *h)
     return 0;
 }
 
-static void child_sigpipe(void)
+static void child_sigpipe(void *arg)
 {
     signal(SIGPIPE, SIG_DFL); /* a SIGPIPE would kill this process */
     leash_pool *p = leash_redis_pool("sigpipe", URL, NULL);
@@ -483,7 +483,7 @@ static void child_sigpipe(void)
 void test_no_sigpipe(void **state)
 {
     char *err = NULL;
-    int st = run_child(child_sigpipe, &err);
+    int st = run_child(child_sigpipe, NULL, &err);
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
         fail_msg("child: status %d (signal %d), stderr: %s", st, WIFSIGNALED(st) ? WTERMSIG(st) : 0,
                  err);

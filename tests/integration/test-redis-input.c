@@ -147,18 +147,6 @@ void test_bad_urls(void **state)
     }
 }
 
-/* A tiny adapter of something that is not Redis. */
-static void *other_connect(void *ctx, const char *target, char *err, size_t errlen)
-{
-    return malloc(16);
-}
-static void other_destroy(void *ctx, void *conn)
-{
-    free(conn);
-}
-static const leash_adapter other_adapter = {
-    .kind = "other", .connect = other_connect, .destroy = other_destroy};
-
 /* NULL and non-Redis handles, a NULL format: LEASH_EINVAL, no crash. */
 void test_bad_handles(void **state)
 {
@@ -168,7 +156,7 @@ void test_bad_handles(void **state)
     assert_int_equal(leash_last_status(), LEASH_EINVAL);
     assert_non_null(strstr(leash_last_error(), "NULL"));
 
-    leash_pool *o = leash_pool_open("other", &other_adapter, "x", NULL);
+    leash_pool *o = leash_pool_open("other", &kit_other_adapter, "x", NULL);
     assert_non_null(o);
     leash_handle *h = take(o);
     assert_null(leash_redis(h));

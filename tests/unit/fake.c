@@ -1,4 +1,4 @@
-/* The in-test adapter and helpers shared by the unit tests. */
+/* The in-test adapter of the unit tests. */
 #include "fake.h"
 
 #include <stdarg.h>
@@ -26,13 +26,6 @@ void fake_reset(void)
     fake_fail_connect = 0;
     fake_connect_delay_ms = 0;
     fake_validate_result = 0;
-}
-
-void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
 }
 
 static void *f_connect(void *ctx, const char *target, char *err, size_t errlen)
@@ -119,64 +112,9 @@ const leash_adapter fake_adapter_described = {
     .ctx_free = f_ctx_free,
 };
 
-char *slurp_fd(int fd)
+int fake_teardown(void **state)
 {
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    for (;;) {
-        if (n + 1024 > cap)
-            buf = realloc(buf, cap *= 2);
-        ssize_t r = read(fd, buf + n, cap - n - 1);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        n += (size_t)r;
-    }
-    buf[n] = '\0';
-    return buf;
-}
-
-int run_child(void (*fn)(void *), void *arg, char **err)
-{
-    int pfd[2];
-    if (pipe(pfd) != 0)
-        return -1;
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(pfd[0]);
-        dup2(pfd[1], 2);
-        fn(arg);
-        _exit(0);
-    }
-    close(pfd[1]);
-    char *out = slurp_fd(pfd[0]);
-    close(pfd[0]);
-    int st = 0;
-    while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
-        ;
-    if (err)
-        *err = out;
-    else
-        free(out);
-    return st;
-}
-
-int teardown_no_leaks(void **state)
-{
-    (void)state;
-    int held = leash_check_leaks(2);
-    leash_shutdown();
-    assert_int_equal(held, 0);
+    int failed = teardown_no_leaks(state);
     assert_int_equal(fake.live, 0);
-    return 0;
-}
-
-void assert_balanced(leash_pool *p)
-{
-    leash_pool_stats st;
-    assert_int_equal(leash_pool_stats_get(p, &st), LEASH_OK);
-    assert_int_equal(st.acquired, st.released + st.discarded + st.leaks_reclaimed +
-                                      st.leaks_at_close + st.in_use);
+    return failed;
 }

@@ -3,6 +3,8 @@
 #ifndef LEASH_TEST_FAKE_H
 #define LEASH_TEST_FAKE_H
 
+#include "kit.h"
+
 #include <leash/leash.h>
 #include <stdatomic.h>
 
@@ -27,16 +29,7 @@ extern const leash_adapter fake_adapter_described; /* with describe and ctx_free
 
 /* Zeroes the counters and knobs. */
 void fake_reset(void);
-/* Sleeps ms milliseconds. */
-void sleep_ms(int ms);
-/* Reads everything from fd until EOF into a malloc'd string. */
-char *slurp_fd(int fd);
-/* Runs fn(arg) in a child process with stderr captured; returns the child's wait status
- * and, in *err (malloc'd), what it wrote to stderr. */
-int run_child(void (*fn)(void *), void *arg, char **err);
-/* Common teardown: no handle outstanding, then shut leash down. */
-int teardown_no_leaks(void **state);
-/* Counting invariant of DESIGN.md, for a quiet pool. */
-void assert_balanced(leash_pool *p);
+/* teardown_no_leaks (kit.h), then: no fake connection left alive. */
+int fake_teardown(void **state);
 
 #endif

@@ -18,8 +18,7 @@ static int setup_default(void **state)
 {
     (void)state;
     fake_reset();
-    assert_int_equal(leash_init(&(leash_config){.strict = 0, .stats_signal = 0, .stats_fd = -1}),
-                     LEASH_OK);
+    default_mode();
     return 0;
 }
 
@@ -28,13 +27,6 @@ static int setup_strict(void **state)
     (void)state;
     fake_reset();
     return 0; /* LEASH_STRICT=1 comes from the test environment */
-}
-
-static leash_pool_stats stats(leash_pool *p)
-{
-    leash_pool_stats st;
-    assert_int_equal(leash_pool_stats_get(p, &st), LEASH_OK);
-    return st;
 }
 
 static int leak_line;
@@ -76,7 +68,7 @@ static void test_auto_releases_at_scope_exit(void **state)
     st = stats(p);
     assert_int_equal(st.released, 2);
     assert_int_equal(st.misuse, 0);
-    assert_balanced(p);
+    assert_invariant(p);
 }
 
 static void test_guard_quiet_when_released(void **state)
@@ -107,14 +99,14 @@ static void test_guard_reclaims_in_default_mode(void **state)
     assert_int_equal(st.idle, 1);
     assert_int_equal(st.created, 1); /* reclaimed clean: reused */
     assert_int_equal(leash_pool_leaks(p), 3);
-    assert_balanced(p);
+    assert_invariant(p);
 
     /* The dump names the leaking site, though the handles are no longer held. */
     int fds[2];
     assert_int_equal(pipe(fds), 0);
     assert_int_equal(leash_stats_dump(fds[1], LEASH_FORMAT_TEXT), 0);
     close(fds[1]);
-    char *text = slurp_fd(fds[0]);
+    char *text = slurp(fds[0]);
     close(fds[0]);
     char site[160];
     snprintf(site, sizeof site, "3 reclaimed  %s:%d in leaky_path()", __FILE__, leak_line);
@@ -174,7 +166,7 @@ static void test_double_release_counts_misuse(void **state)
     leash_handle *bogus = (leash_handle *)junk;
     leash_release(&bogus);
     assert_int_equal(leash_last_status(), LEASH_EINVAL);
-    assert_balanced(p);
+    assert_invariant(p);
 }
 
 static int release_line;
@@ -313,24 +305,24 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_auto_releases_at_scope_exit, setup_strict,
-                                        teardown_no_leaks),
+                                        fake_teardown),
         cmocka_unit_test_setup_teardown(test_guard_quiet_when_released, setup_strict,
-                                        teardown_no_leaks),
+                                        fake_teardown),
         cmocka_unit_test_setup_teardown(test_guard_reclaims_in_default_mode, setup_default,
-                                        teardown_no_leaks),
+                                        fake_teardown),
         cmocka_unit_test_setup_teardown(test_guard_aborts_in_strict_mode_with_site, setup_strict,
-                                        teardown_no_leaks),
+                                        fake_teardown),
         cmocka_unit_test_setup_teardown(test_double_release_counts_misuse, setup_default,
-                                        teardown_no_leaks),
+                                        fake_teardown),
         cmocka_unit_test_setup_teardown(test_double_release_aborts_in_strict_mode, setup_strict,
-                                        teardown_no_leaks),
+                                        fake_teardown),
         cmocka_unit_test_setup_teardown(test_strict_dirty_aborts_broken_does_not, setup_strict,
-                                        teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_take_moves_ownership, setup_strict, teardown_no_leaks),
+                                        fake_teardown),
+        cmocka_unit_test_setup_teardown(test_take_moves_ownership, setup_strict, fake_teardown),
         cmocka_unit_test_setup_teardown(test_guard_after_release_through_copy, setup_strict,
-                                        teardown_no_leaks),
+                                        fake_teardown),
         cmocka_unit_test_setup_teardown(test_misuse_logged_once_per_site, setup_default,
-                                        teardown_no_leaks),
+                                        fake_teardown),
     };
     return cmocka_run_group_tests_name("guard", tests, NULL, NULL);
 }

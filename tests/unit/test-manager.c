@@ -30,13 +30,6 @@ static int setup(void **state)
     return 0;
 }
 
-static leash_pool_stats stats(leash_pool *p)
-{
-    leash_pool_stats st;
-    assert_int_equal(leash_pool_stats_get(p, &st), LEASH_OK);
-    return st;
-}
-
 static uint64_t now_ms(void)
 {
     struct timespec ts;
@@ -65,7 +58,7 @@ static char *drain_fd(int fd)
 {
     int fl = fcntl(fd, F_GETFL);
     fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-    char *s = slurp_fd(fd);
+    char *s = slurp(fd);
     fcntl(fd, F_SETFL, fl);
     return s;
 }
@@ -107,7 +100,7 @@ static void test_init_twice_first_wins(void **state)
     free(a);
     free(b);
     leash_release(&h);
-    assert_balanced(p);
+    assert_invariant(p);
     leash_shutdown();
     for (int i = 0; i < 2; i++) {
         close(pfd[i]);
@@ -145,7 +138,7 @@ static void test_bad_config_refused_then_usable(void **state)
     leash_handle *h = leash_acquire(p);
     assert_non_null(h);
     leash_release(&h);
-    assert_balanced(p);
+    assert_invariant(p);
 }
 
 static void test_strict_from_config_and_env(void **state)
@@ -214,7 +207,7 @@ static void test_env_stats_signal_and_file(void **state)
 
     int rfd = open(path, O_RDONLY);
     assert_true(rfd >= 0);
-    char *d = slurp_fd(rfd);
+    char *d = slurp(rfd);
     close(rfd);
     assert_non_null(strstr(d, "=== leash stats"));
     assert_non_null(strstr(d, "pool \"envsig\" (fake)"));
@@ -225,7 +218,7 @@ static void test_env_stats_signal_and_file(void **state)
     free(d);
 
     leash_release(&h);
-    assert_balanced(p);
+    assert_invariant(p);
     leash_shutdown();
     /* The previous disposition is back, and the file leash opened is closed. */
     assert_int_equal(sigaction(SIGUSR2, NULL, &cur), 0);
@@ -286,8 +279,8 @@ static void test_shutdown_then_reinitialise(void **state)
     leash_pool *o = leash_pool_open("old", &fake_adapter, "fake://h", NULL);
     assert_non_null(o);
     assert_int_equal(stats(o).acquired, 0);
-    assert_balanced(n);
-    assert_balanced(o);
+    assert_invariant(n);
+    assert_invariant(o);
 }
 
 static int threads_now(void)
@@ -341,7 +334,7 @@ static void test_no_thread_left_after_shutdown(void **state)
     assert_int_equal(stats(p).leaks_suspected, 1);
     leash_release(&h);
     assert_int_equal(stats(p).returned_late, 1);
-    assert_balanced(p);
+    assert_invariant(p);
 
     leash_shutdown();
     assert_int_equal(threads_become(before), before);
@@ -382,7 +375,7 @@ static void test_shutdown_reports_handles_still_out(void **state)
     assert_int_equal(leash_outstanding(), 0);
     assert_int_equal(fake.live, 0);
     close(pfd[1]);
-    char *r = slurp_fd(pfd[0]);
+    char *r = slurp(pfd[0]);
     close(pfd[0]);
     char site[512];
     snprintf(site, sizeof site, "%s:%d in %s()", __FILE__, line, __func__);
@@ -518,7 +511,7 @@ static void test_fork_idle_and_held(void **state)
     leash_pool_stats s = stats(p);
     assert_int_equal(s.misuse, 0);
     assert_int_equal(s.destroyed, 0);
-    assert_balanced(p);
+    assert_invariant(p);
 }
 
 /* ---- log, status, strings ---- */
@@ -575,7 +568,7 @@ static void test_log_callback_and_default(void **state)
     dup2(saved, 2);
     close(saved);
     lseek(fileno(tmp), 0, SEEK_SET);
-    char *e = slurp_fd(fileno(tmp));
+    char *e = slurp(fileno(tmp));
     fclose(tmp);
     assert_int_equal(c.n, 1);
     snprintf(site, sizeof site, "%s:%d", __FILE__, line);
@@ -583,7 +576,7 @@ static void test_log_callback_and_default(void **state)
     assert_non_null(strstr(e, site));
     free(e);
     assert_int_equal(stats(p).misuse, 2);
-    assert_balanced(p);
+    assert_invariant(p);
 }
 
 static void *status_in_other_thread(void *v)
@@ -626,7 +619,7 @@ static void test_last_status_like_errno(void **state)
     assert_null(leash_pool_open("known", &fake_adapter, "fake://h", NULL));
     assert_int_equal(leash_last_status(), LEASH_EEXIST);
     assert_non_null(strstr(leash_last_error(), "\"known\""));
-    assert_balanced(p);
+    assert_invariant(p);
 }
 
 /* Bad input: status values out of range (LEASH_EIO + 1, -1, 1000). */
@@ -670,7 +663,7 @@ static void test_closed_pool(void **state)
     assert_int_equal(st.acquired, 1);
     assert_int_equal(st.size, 0);
     assert_int_equal(fake.live, 0);
-    assert_balanced(p);
+    assert_invariant(p);
     /* The name can be opened again. */
     leash_pool *q = leash_pool_open("shut", &fake_adapter, "fake://h", NULL);
     assert_non_null(q);
@@ -734,23 +727,21 @@ static void test_registry_from_many_threads(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_init_twice_first_wins, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_bad_config_refused_then_usable, setup,
-                                        teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_strict_from_config_and_env, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_env_stats_signal_and_file, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_bad_env_ignored, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_shutdown_then_reinitialise, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_no_thread_left_after_shutdown, setup,
-                                        teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_init_twice_first_wins, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_bad_config_refused_then_usable, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_strict_from_config_and_env, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_env_stats_signal_and_file, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_bad_env_ignored, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_shutdown_then_reinitialise, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_no_thread_left_after_shutdown, setup, fake_teardown),
         cmocka_unit_test_setup_teardown(test_shutdown_reports_handles_still_out, setup,
-                                        teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_fork_idle_and_held, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_log_callback_and_default, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_last_status_like_errno, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_strerror_every_status, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_closed_pool, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_registry_from_many_threads, setup, teardown_no_leaks),
+                                        fake_teardown),
+        cmocka_unit_test_setup_teardown(test_fork_idle_and_held, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_log_callback_and_default, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_last_status_like_errno, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_strerror_every_status, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_closed_pool, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_registry_from_many_threads, setup, fake_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -28,13 +28,6 @@ static uint64_t now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-static leash_pool_stats stats(leash_pool *p)
-{
-    leash_pool_stats st;
-    assert_int_equal(leash_pool_stats_get(p, &st), LEASH_OK);
-    return st;
-}
-
 /* Polls cond(p) for up to ms milliseconds. */
 static int wait_for(leash_pool *p, int (*cond)(leash_pool *), int ms)
 {
@@ -77,7 +70,7 @@ static void test_lazy_open_and_lifo_reuse(void **state)
     assert_int_equal(st.size, 2);
     assert_int_equal(st.idle, 2);
     assert_int_equal(st.in_use, 0);
-    assert_balanced(p);
+    assert_invariant(p);
 }
 
 static void test_acquire_times_out_with_reason(void **state)
@@ -107,7 +100,7 @@ static void test_acquire_times_out_with_reason(void **state)
     assert_int_equal(stats(p).timeouts, 2);
     leash_release(&a);
     leash_release(&b);
-    assert_balanced(p);
+    assert_invariant(p);
 }
 
 struct fifo_arg {
@@ -175,7 +168,7 @@ static void test_waiters_served_in_arrival_order(void **state)
     for (int i = 0; i < 4; i++)
         assert_int_equal(order[i], i + 1);
     assert_true(stats(p).wait_ns_max > 0);
-    assert_balanced(p);
+    assert_invariant(p);
 }
 
 static void *hold_wait(void *v)
@@ -206,7 +199,7 @@ static void test_max_waiters_answers_busy_at_once(void **state)
     void *r;
     pthread_join(t, &r);
     assert_int_equal((intptr_t)r, LEASH_OK);
-    assert_balanced(p);
+    assert_invariant(p);
 }
 
 static void test_close_wakes_waiters_with_closed(void **state)
@@ -238,7 +231,7 @@ static void test_close_wakes_waiters_with_closed(void **state)
     leash_release(&h);
     assert_int_equal(fake.destroys, destroyed + 1);
     assert_int_equal(stats(p).misuse, 0);
-    assert_balanced(p);
+    assert_invariant(p);
     /* The name is free again. */
     leash_pool *q = leash_pool_open("closing", &fake_adapter, "fake://h", &o);
     assert_non_null(q);
@@ -271,7 +264,7 @@ static void test_connect_failure_then_recovery(void **state)
     assert_non_null(strstr(leash_last_error(), "last connect error: fake refused"));
     assert_null(strstr(leash_last_error(), "hunter2"));
     leash_release(&h);
-    assert_balanced(p);
+    assert_invariant(p);
 }
 
 static void test_validation_failure_replaces(void **state)
@@ -298,7 +291,7 @@ static void test_validation_failure_replaces(void **state)
     h = leash_acquire(p);
     leash_release(&h);
     assert_int_equal(fake.validates, v);
-    assert_balanced(p);
+    assert_invariant(p);
 }
 
 static void test_default_validate_idle_not_on_hot_path(void **state)
@@ -316,7 +309,7 @@ static void test_default_validate_idle_not_on_hot_path(void **state)
 static void test_dirty_and_broken_returns(void **state)
 {
     (void)state;
-    leash_init(&(leash_config){.strict = 0, .stats_signal = 0, .stats_fd = -1});
+    default_mode();
     leash_pool *p = leash_pool_open("dirty", &fake_adapter, "fake://h", NULL);
     leash_handle *h = leash_acquire(p);
     struct fake_conn *c = leash_conn(h);
@@ -355,7 +348,7 @@ static void test_dirty_and_broken_returns(void **state)
     assert_int_equal(st.dirty_returns, 2);
     assert_int_equal(st.destroyed, 3);
     assert_int_equal(st.misuse, 0);
-    assert_balanced(p);
+    assert_invariant(p);
 }
 
 static void test_discard_destroys(void **state)
@@ -375,7 +368,7 @@ static void test_discard_destroys(void **state)
     leash_release(&h);
     leash_discard(&h); /* NULL: no-op */
     leash_discard(NULL);
-    assert_balanced(p);
+    assert_invariant(p);
 }
 
 static int size_zero(leash_pool *p)
@@ -396,7 +389,7 @@ static void test_idle_timeout_closes_idle(void **state)
     assert_int_equal(stats(p).size, 2);
     assert_true(wait_for(p, size_zero, 2000));
     assert_int_equal(stats(p).destroyed, 2);
-    assert_balanced(p);
+    assert_invariant(p);
 }
 
 static int idle_is_one(leash_pool *p)
@@ -438,7 +431,7 @@ static void test_max_lifetime_replaces(void **state)
     leash_pool_stats st = stats(p);
     assert_true(st.destroyed >= 1);
     assert_int_equal(st.created, st.destroyed + st.size);
-    assert_balanced(p);
+    assert_invariant(p);
 }
 
 static int two_idle(leash_pool *p)
@@ -459,7 +452,7 @@ static void test_min_idle_kept_warm(void **state)
     leash_discard(&b);
     assert_true(wait_for(p, two_idle, 2000)); /* refilled */
     assert_int_equal(stats(p).created, 4);
-    assert_balanced(p);
+    assert_invariant(p);
 }
 
 static void test_min_idle_backs_off_on_failure(void **state)
@@ -508,7 +501,7 @@ static void test_suspected_leak_and_late_return(void **state)
     h = leash_acquire(p);
     leash_release(&h);
     assert_int_equal(stats(p).returned_late, 1);
-    assert_balanced(p);
+    assert_invariant(p);
 }
 
 struct slow_arg {
@@ -546,7 +539,7 @@ static void test_connect_happens_outside_the_lock(void **state)
     assert_true(now_ms() - t0 < 100); /* not blocked behind the slow connect */
     pthread_join(t, NULL);
     assert_int_equal(a.done, 1);
-    assert_balanced(p);
+    assert_invariant(p);
 }
 
 static void *take_and_return(void *v)
@@ -584,7 +577,7 @@ static void test_thread_cache_gives_back_its_own_and_shares(void **state)
     leash_pool_stats st = stats(p);
     assert_int_equal(st.created, 1);
     assert_int_equal(st.idle, 1);
-    assert_balanced(p);
+    assert_invariant(p);
 }
 
 #define HAMMER_THREADS 8
@@ -631,7 +624,7 @@ static void test_threads_hammer_small_pool(void **state)
     assert_int_equal(st.created, st.destroyed + st.size);
     assert_int_equal(st.misuse, 0);
     assert_int_equal(st.timeouts, 0);
-    assert_balanced(p);
+    assert_invariant(p);
 }
 
 static void test_bad_input(void **state)
@@ -745,37 +738,31 @@ static void test_context_owned_and_described(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_lazy_open_and_lifo_reuse, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_acquire_times_out_with_reason, setup,
-                                        teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_waiters_served_in_arrival_order, setup,
-                                        teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_lazy_open_and_lifo_reuse, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_acquire_times_out_with_reason, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_waiters_served_in_arrival_order, setup, fake_teardown),
         cmocka_unit_test_setup_teardown(test_max_waiters_answers_busy_at_once, setup,
-                                        teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_close_wakes_waiters_with_closed, setup,
-                                        teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_connect_failure_then_recovery, setup,
-                                        teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_validation_failure_replaces, setup, teardown_no_leaks),
+                                        fake_teardown),
+        cmocka_unit_test_setup_teardown(test_close_wakes_waiters_with_closed, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_connect_failure_then_recovery, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_validation_failure_replaces, setup, fake_teardown),
         cmocka_unit_test_setup_teardown(test_default_validate_idle_not_on_hot_path, setup,
-                                        teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_dirty_and_broken_returns, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_discard_destroys, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_idle_timeout_closes_idle, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_idle_timeout_keeps_min_idle, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_max_lifetime_replaces, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_min_idle_kept_warm, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_min_idle_backs_off_on_failure, setup,
-                                        teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_suspected_leak_and_late_return, setup,
-                                        teardown_no_leaks),
+                                        fake_teardown),
+        cmocka_unit_test_setup_teardown(test_dirty_and_broken_returns, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_discard_destroys, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_idle_timeout_closes_idle, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_idle_timeout_keeps_min_idle, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_max_lifetime_replaces, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_min_idle_kept_warm, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_min_idle_backs_off_on_failure, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_suspected_leak_and_late_return, setup, fake_teardown),
         cmocka_unit_test_setup_teardown(test_connect_happens_outside_the_lock, setup,
-                                        teardown_no_leaks),
+                                        fake_teardown),
         cmocka_unit_test_setup_teardown(test_thread_cache_gives_back_its_own_and_shares, setup,
-                                        teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_threads_hammer_small_pool, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_bad_input, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_context_owned_and_described, setup, teardown_no_leaks),
+                                        fake_teardown),
+        cmocka_unit_test_setup_teardown(test_threads_hammer_small_pool, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_bad_input, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_context_owned_and_described, setup, fake_teardown),
     };
     return cmocka_run_group_tests_name("pool", tests, NULL, NULL);
 }

@@ -31,25 +31,6 @@ static int setup(void **state)
     return 0;
 }
 
-static leash_pool_stats stats(leash_pool *p)
-{
-    leash_pool_stats st;
-    assert_int_equal(leash_pool_stats_get(p, &st), LEASH_OK);
-    return st;
-}
-
-/* A dump of every pool in format fmt, as a malloc'd string. */
-static char *dump(leash_format fmt)
-{
-    FILE *f = tmpfile();
-    assert_non_null(f);
-    assert_int_equal(leash_stats_dump(fileno(f), fmt), 0);
-    assert_int_equal(lseek(fileno(f), 0, SEEK_SET), 0);
-    char *s = slurp_fd(fileno(f));
-    fclose(f);
-    return s;
-}
-
 /* Writes s to a new temporary file and returns its path (static buffer). */
 static const char *to_temp_file(const char *s)
 {
@@ -72,7 +53,7 @@ static int run_cmd(const char *cmd, char **out)
     fflush(NULL);
     FILE *f = popen(full, "r");
     assert_non_null(f);
-    *out = slurp_fd(fileno(f));
+    *out = slurp(fileno(f));
     int st = pclose(f);
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
@@ -205,7 +186,7 @@ static void test_text_dump_content(void **state)
     assert_null(strstr(t, "held by borrow site"));
     assert_non_null(strstr(t, "connections 5/6: 0 in use, 5 idle, 0 waiting"));
     free(t);
-    assert_balanced(p);
+    assert_invariant(p);
 }
 
 static void test_text_dump_changes_since_last(void **state)
@@ -259,7 +240,7 @@ static void test_text_dump_changes_since_last(void **state)
     assert_true(has_change(ch, "size -1"));
     assert_false(has_change(ch, "released +1"));
     free(t);
-    assert_balanced(p);
+    assert_invariant(p);
 }
 
 /* ---- JSON ---- */
@@ -326,8 +307,8 @@ static void test_json_valid_and_values(void **state)
 
     leash_release(&h[0]);
     leash_release(&h[1]);
-    assert_balanced(p);
-    assert_balanced(q);
+    assert_invariant(p);
+    assert_invariant(q);
 }
 
 /* ---- Prometheus ---- */
@@ -392,8 +373,8 @@ static void test_prometheus_promtool_and_content(void **state)
     assert_true(counters >= 15);
     free(m);
     leash_release(&held);
-    assert_balanced(p);
-    assert_balanced(q);
+    assert_invariant(p);
+    assert_invariant(q);
 }
 
 /* ---- the dump on signal while a pool lock is held ---- */
@@ -507,7 +488,7 @@ static void test_signal_dump_while_pool_lock_held(void **state)
     pthread_join(locker, NULL);
     pthread_join(target, NULL);
     leash_release(&h);
-    assert_balanced(p);
+    assert_invariant(p);
     leash_shutdown(); /* before closing the dump fd it borrows */
     close(pfd[0]);
     close(pfd[1]);
@@ -532,7 +513,7 @@ static void test_check_leaks_and_outstanding(void **state)
     assert_int_equal(pipe(pfd), 0);
     assert_int_equal(leash_check_leaks(pfd[1]), 3);
     close(pfd[1]);
-    char *r = slurp_fd(pfd[0]);
+    char *r = slurp(pfd[0]);
     close(pfd[0]);
     char site[512];
     snprintf(site, sizeof site, "%s:%d in %s()", __FILE__, line, __func__);
@@ -552,12 +533,12 @@ static void test_check_leaks_and_outstanding(void **state)
     assert_int_equal(pipe(pfd), 0);
     assert_int_equal(leash_check_leaks(pfd[1]), 0);
     close(pfd[1]);
-    r = slurp_fd(pfd[0]);
+    r = slurp(pfd[0]);
     close(pfd[0]);
     assert_string_equal(r, ""); /* nothing held, nothing written */
     free(r);
-    assert_balanced(p);
-    assert_balanced(q);
+    assert_invariant(p);
+    assert_invariant(q);
 }
 
 /* ---- secrets ---- */
@@ -620,13 +601,13 @@ static void test_passwords_never_shown(void **state)
     assert_int_equal(pipe(pfd), 0);
     assert_int_equal(leash_check_leaks(pfd[1]), 3);
     close(pfd[1]);
-    char *r = slurp_fd(pfd[0]);
+    char *r = slurp(pfd[0]);
     close(pfd[0]);
     assert_no_secret("leash_check_leaks", r);
     free(r);
     for (int i = 0; i < 3; i++) {
         leash_release(&h[i]);
-        assert_balanced(p[i]);
+        assert_invariant(p[i]);
     }
 }
 
@@ -669,7 +650,7 @@ static void test_bad_arguments(void **state)
     assert_non_null(strstr(t, "pool \"bad\""));
     free(t);
     leash_release(&h);
-    assert_balanced(p);
+    assert_invariant(p);
 }
 
 /* ---- counting ---- */
@@ -712,13 +693,13 @@ static void test_counting_invariant(void **state)
     assert_int_equal(st.released, 1200 - 4 * 43);
     assert_int_equal(st.in_use, 1);
     assert_int_equal(st.created - st.destroyed, st.size);
-    assert_balanced(p);
+    assert_invariant(p);
     leash_release(&held);
     leash_pool_close(p);
     st = stats(p);
     assert_int_equal(st.created, st.destroyed);
     assert_int_equal(st.size, 0);
-    assert_balanced(p);
+    assert_invariant(p);
 }
 
 /* Bad input: a dump fd whose reader is gone (a closed pipe): -1, never SIGPIPE. */
@@ -743,20 +724,17 @@ static void test_dump_to_closed_pipe_is_an_error(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_text_dump_content, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_text_dump_changes_since_last, setup,
-                                        teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_json_valid_and_values, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_prometheus_promtool_and_content, setup,
-                                        teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_text_dump_content, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_text_dump_changes_since_last, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_json_valid_and_values, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_prometheus_promtool_and_content, setup, fake_teardown),
         cmocka_unit_test_setup_teardown(test_signal_dump_while_pool_lock_held, setup,
-                                        teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_check_leaks_and_outstanding, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_passwords_never_shown, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_counting_invariant, setup, teardown_no_leaks),
-        cmocka_unit_test_setup_teardown(test_dump_to_closed_pipe_is_an_error, setup,
-                                        teardown_no_leaks),
+                                        fake_teardown),
+        cmocka_unit_test_setup_teardown(test_check_leaks_and_outstanding, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_passwords_never_shown, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_bad_arguments, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_counting_invariant, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_dump_to_closed_pipe_is_an_error, setup, fake_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

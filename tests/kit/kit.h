@@ -1,0 +1,54 @@
+/* Helpers shared by every cmocka suite of leash (unit and integration): time, children,
+ * dumps, counters, log capture and teardown. Include after <cmocka.h>'s prerequisites. */
+#ifndef LEASH_TEST_KIT_H
+#define LEASH_TEST_KIT_H
+
+#include <leash/leash.h>
+
+#include <sys/types.h>
+
+/* Sleeps ms milliseconds (resumed after signals). */
+void sleep_ms(int ms);
+/* The monotonic clock, in seconds. */
+double now_s(void);
+
+/* Reads everything from fd until EOF into a malloc'd, NUL-terminated string. */
+char *slurp(int fd);
+/* What leash_stats_dump writes for every pool in fmt, as a malloc'd string. */
+char *dump(leash_format fmt);
+
+/* Runs fn(arg) in a child process with stderr captured; returns the child's wait status and,
+ * in *err (malloc'd; err may be NULL), what it wrote to stderr. The child exits 0 when fn
+ * returns. */
+int run_child(void (*fn)(void *), void *arg, char **err);
+/* Waits up to 10 s for the child pid; a child still running then is killed and fails the
+ * test (a hang in a child must not hang the suite). Returns its wait status. */
+int wait_child(pid_t pid);
+
+/* The pool's counters; fails the test if they cannot be read. */
+leash_pool_stats stats(leash_pool *p);
+/* leash_acquire that fails the test, with leash's message, when no handle comes. */
+leash_handle *take(leash_pool *p);
+/* The counting invariant of DESIGN.md, which holds at every moment. */
+void assert_invariant(leash_pool *p);
+/* A quiet pool: nothing held, the invariant holds, no misuse counted. */
+void assert_balanced(leash_pool *p);
+
+/* What the log callback received since capture_start() (lines "[level] message"). */
+extern char log_text[16384];
+/* Empties log_text and installs the capturing log callback. */
+void capture_start(void);
+/* Re-initialises leash with release checking off (the production default) and no dump
+ * signal, for tests of dirty returns being cleaned rather than aborting. */
+void default_mode(void);
+
+/* The common teardown: removes the log callback, counts the handles still held (listing them
+ * on stderr), shuts leash down either way so one failure does not leak into the next test,
+ * then fails if any handle was held. */
+int teardown_no_leaks(void **state);
+
+/* A minimal adapter of something that is neither Redis, PostgreSQL nor HTTP, for tests that
+ * pass a foreign handle to an adapter's accessors. */
+extern const leash_adapter kit_other_adapter;
+
+#endif
