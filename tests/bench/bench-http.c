@@ -157,6 +157,18 @@ int main(void)
         base = BASE;
     snprintf(url, sizeof url, "%s%s", base, PATH);
     curl_global_init(CURL_GLOBAL_DEFAULT);
+    /* One request first, so a missing server is one clear line rather than a table of zeros. */
+    CURL *probe = curl_easy_init();
+    curl_easy_setopt(probe, CURLOPT_URL, url);
+    curl_easy_setopt(probe, CURLOPT_NOBODY, 1L);
+    curl_easy_setopt(probe, CURLOPT_TIMEOUT_MS, 5000L);
+    CURLcode rc = curl_easy_perform(probe);
+    curl_easy_cleanup(probe);
+    if (rc != CURLE_OK) {
+        fprintf(stderr, "bench-http: HEAD %s: %s (is tests/servers.sh start nginx running?)\n", url,
+                curl_easy_strerror(rc));
+        return 1;
+    }
     printf("GET %s; each thread alternates batches of %d through leash and its own reused\n"
            "easy handle for %d ms; req/s summed over threads; ratio = leash/reused (whole run,\n"
            "and the median of batch pairs); client CPU us per request\n",
