@@ -44,9 +44,11 @@ extern _Atomic uint64_t leash__epoch;
 
 /* A handle is its slot. Fields the borrower writes are only written while it owns the
  * slot; they are atomics (relaxed) because the dump and the maintenance thread read them
- * without a lock. */
+ * without a lock. Slots start on a cache line of their own (the array is allocated aligned),
+ * so two threads working on neighbouring slots do not pass one line back and forth. */
+#define LEASH_CACHE_LINE 64
 struct leash_handle {
-    uint32_t magic;
+    _Alignas(LEASH_CACHE_LINE) uint32_t magic;
     uint32_t index;
     struct leash_pool *pool;
     _Atomic int state;

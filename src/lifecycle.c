@@ -111,7 +111,8 @@ leash_pool *leash_pool_open_with(const char *name, const leash_adapter *adapter,
     memcpy(p->name, name, strlen(name) + 1);
     p->adapter = adapter;
     p->target = strdup(target ? target : "");
-    p->slots = aligned_alloc(64, ((sizeof(struct leash_handle) * p->nslots + 63) / 64) * 64);
+    _Static_assert(sizeof(struct leash_handle) % LEASH_CACHE_LINE == 0, "aligned_alloc's rule");
+    p->slots = aligned_alloc(LEASH_CACHE_LINE, sizeof(struct leash_handle) * p->nslots);
     if (!p->target || !p->slots) {
         st = leash__fail(LEASH_ENOMEM, "pool \"%s\": out of memory", name);
         goto fail;
