@@ -1,5 +1,5 @@
 /* Helpers shared by every cmocka suite of leash (unit and integration): time, children,
- * dumps, counters, log capture and teardown. Include after <cmocka.h>'s prerequisites. */
+ * dumps, counters, log capture and teardown. Failures are reported through cmocka. */
 #ifndef LEASH_TEST_KIT_H
 #define LEASH_TEST_KIT_H
 
