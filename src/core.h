@@ -26,6 +26,12 @@ enum {
     SLOT_CACHED, /* idle, kept in the cache of the thread that returned it (not on the stack) */
 };
 
+/* Idle, on the stack or in a thread's cache. */
+static inline int is_idle_state(int st)
+{
+    return st == SLOT_IDLE || st == SLOT_CACHED;
+}
+
 /* Each thread keeps the handle it returned last to each pool (direct-mapped by pool id)
  * so that its next borrow gets the same connection back without touching the shared
  * stack: one compare-and-swap instead of two, and the connection's server process stays

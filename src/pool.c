@@ -542,9 +542,7 @@ static inline __attribute__((always_inline)) void give_back(struct leash_pool *p
     if (LEASH_LIKELY(atomic_load_explicit(&p->nwaiters, memory_order_relaxed) == 0)) {
         cache_put(p, s);
     } else {
-        atomic_store_explicit(&s->state, SLOT_IDLE, memory_order_relaxed);
-        stack_push(p, s);
-        leash__wake_head(p);
+        push_idle(p, s);
     }
     if (LEASH_UNLIKELY(atomic_load(&p->closed)))
         leash__pool_destroy_orphans(p);

@@ -84,11 +84,6 @@ static inline struct leash_handle *take_idle(struct leash_pool *p)
     return s ? s : steal_cached(p);
 }
 
-static inline int is_idle_state(int st)
-{
-    return st == SLOT_IDLE || st == SLOT_CACHED;
-}
-
 /* Connects into s, which the caller owns (CONNECTING). Returns LEASH_OK or records the
  * failure (pool lock not held). */
 leash_status leash__connect_into(struct leash_pool *p, struct leash_handle *s);

@@ -179,7 +179,7 @@ static void gather(struct leash_pool *p, leash_pool_stats *st)
         struct leash_handle *s = &p->slots[i];
         int state = atomic_load_explicit(&s->state, memory_order_relaxed);
         st->in_use += state == SLOT_HELD;
-        st->idle += state == SLOT_IDLE || state == SLOT_CACHED;
+        st->idle += is_idle_state(state);
         st->acquired += atomic_load_explicit(&s->acquired, memory_order_relaxed);
         st->released += atomic_load_explicit(&s->released, memory_order_relaxed);
         st->hold_ns_total += atomic_load_explicit(&s->hold_ns_total, memory_order_relaxed);

@@ -5,12 +5,14 @@
 
 #include <leash/leash.h>
 
+#include <stdint.h>
 #include <sys/types.h>
 
 /* Sleeps ms milliseconds (resumed after signals). */
 void sleep_ms(int ms);
-/* The monotonic clock, in seconds. */
+/* The monotonic clock, in seconds and in whole milliseconds. */
 double now_s(void);
+uint64_t now_ms(void);
 
 /* Reads everything from fd until EOF into a malloc'd, NUL-terminated string. */
 char *slurp(int fd);

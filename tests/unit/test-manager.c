@@ -30,13 +30,6 @@ static int setup(void **state)
     return 0;
 }
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* Entries of a /proc/self folder ("task": threads, "fd": open files), "." and ".." excluded. */
 static int count_entries(const char *dir)
 {

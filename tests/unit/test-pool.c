@@ -21,13 +21,6 @@ static int setup(void **state)
     return 0;
 }
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* Polls cond(p) for up to ms milliseconds. */
 static int wait_for(leash_pool *p, int (*cond)(leash_pool *), int ms)
 {
