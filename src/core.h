@@ -183,6 +183,9 @@ static inline int leash__tid(void)
     return LEASH_LIKELY(t != 0) ? t : leash__tid_slow();
 }
 
+/* Runs a's process_init once per process (first pool of that table) and enrols it for
+ * the fork hooks. LEASH_OK, or the failure (recorded). */
+leash_status leash__adapter_register(const leash_adapter *a);
 /* Registers p under the manager: LEASH_EEXIST if the name is taken by an open pool. */
 leash_status leash__register_pool(struct leash_pool *p);
 /* Marks p closed and unregistered; 0 if it already was. */
@@ -201,6 +204,9 @@ void leash__count_problem(struct leash_pool *p, struct leash_handle *s, int kind
 uint32_t leash__pool_in_use(const struct leash_pool *p);
 /* Writes the held handles of p to fd, one line each; returns their count. AS-safe. */
 int leash__report_held(int fd, struct leash_pool *p, const char *why);
+/* Renders a dump into buf (cap bytes, NUL-terminated) without moving the text dump's
+ * baseline; the length, or -1 if it did not fit. Async-signal-safe. */
+long leash__render(char *buf, size_t cap, leash_format fmt);
 /* AS-safe "age" formatting helpers used by reports. */
 size_t leash__fmt_u64(char *buf, uint64_t v);
 /* Reports a strict-mode violation on stderr (pool, what, borrow site) and aborts. */

@@ -97,6 +97,9 @@ leash_pool *leash_pool_open_with(const char *name, const leash_adapter *adapter,
                                   : "the adapter needs kind, connect and destroy");
         goto fail;
     }
+    st = leash__adapter_register(adapter);
+    if (st != LEASH_OK)
+        goto fail;
     p = calloc(1, sizeof *p);
     if (!p) {
         st = leash__fail(LEASH_ENOMEM, "pool \"%s\": out of memory", name);
@@ -138,6 +141,8 @@ leash_pool *leash_pool_open_with(const char *name, const leash_adapter *adapter,
         p->ctx = NULL;
         goto fail;
     }
+    if (adapter->attach)
+        adapter->attach(ctx, p);
     leash__maintenance_nudge();
     return p;
 fail:
@@ -207,6 +212,8 @@ void leash_pool_close(leash_pool *p)
         leash__after_fork();
     if (!leash__unregister_pool(p))
         return;
+    if (p->adapter->detach)
+        p->adapter->detach(p->ctx);
     pthread_mutex_lock(&p->lock);
     for (struct leash_waiter *w = p->wait_head; w; w = w->next)
         pthread_cond_signal(&w->cond);

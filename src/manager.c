@@ -1,7 +1,6 @@
 /* The process-wide manager: initialisation, configuration, the pool registry, the
  * maintenance thread, the stats signal, fork handling and shutdown. */
 #include "core.h"
-#include "leash-config.h"
 
 #include <errno.h>
 #include <sched.h>
@@ -14,10 +13,6 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
-
-#if LEASH_WITH_HTTP
-void leash__http_global_init(void);
-#endif
 
 #define TICK_BUSY_MS 10   /* the pools' clock while pools are busy */
 #define TICK_QUIET_MS 100 /* ... and while they are quiet; also the maintenance period */
@@ -71,23 +66,84 @@ int leash__dump_fd(void)
     return fd >= 0 ? fd : 2;
 }
 
+/* ---- adapter tables: process_init once each, fork hooks in a fixed order ---- */
+
+/* Every adapter table a pool was opened with, in the order of first use. Entries are
+ * only appended (under adapters_lock) and never removed for the life of the process, so
+ * the fork handlers read them without that lock: n is published with a release store
+ * that pairs with the acquire load in the handlers. */
+#define LEASH_ADAPTERS_MAX 32
+static struct {
+    pthread_mutex_t lock;
+    const leash_adapter *v[LEASH_ADAPTERS_MAX];
+    _Atomic int n;
+} adapters = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+leash_status leash__adapter_register(const leash_adapter *a)
+{
+    leash_status st = LEASH_OK;
+    pthread_mutex_lock(&adapters.lock);
+    int n = atomic_load_explicit(&adapters.n, memory_order_relaxed);
+    int i = 0;
+    while (i < n && adapters.v[i] != a)
+        i++;
+    if (i == n) {
+        if (n == LEASH_ADAPTERS_MAX) {
+            st = leash__fail(LEASH_ENOMEM, "adapter \"%s\": more than %d adapter tables in one "
+                             "process", a->kind, LEASH_ADAPTERS_MAX);
+        } else if (a->process_init && a->process_init() != 0) {
+            st = leash__fail(LEASH_ECONNECT, "adapter \"%s\": its process initialisation failed",
+                             a->kind);
+        } else {
+            adapters.v[n] = a;
+            /* pairs with the acquire loads in the fork handlers */
+            atomic_store_explicit(&adapters.n, n + 1, memory_order_release);
+        }
+    }
+    pthread_mutex_unlock(&adapters.lock);
+    return st;
+}
+
+static void adapters_fork(int phase) /* 0 prepare, 1 parent, 2 child */
+{
+    int n = atomic_load_explicit(&adapters.n, memory_order_acquire);
+    if (phase == 0) {
+        for (int i = 0; i < n; i++)
+            if (adapters.v[i]->fork_prepare)
+                adapters.v[i]->fork_prepare();
+        return;
+    }
+    for (int i = n; i-- > 0;) {
+        void (*fn)(void) = phase == 1 ? adapters.v[i]->fork_parent : adapters.v[i]->fork_child;
+        if (fn)
+            fn();
+    }
+}
+
 /* ---- fork ---- */
 
+/* Lock order, everywhere: adapters.lock, g.lock, g.maint_lock, every pool's lock (list
+ * order), the log's locks, then whatever each adapter's fork_prepare takes. The handlers
+ * take them in that order and release them in the reverse order. */
 static void atfork_prepare(void)
 {
     leash__fork_tid = leash__tid();
+    pthread_mutex_lock(&adapters.lock);
     pthread_mutex_lock(&g.lock);
     pthread_mutex_lock(&g.maint_lock);
     leash__pool_lock_all(1);
     leash__log_atfork(1);
+    adapters_fork(0);
 }
 
 static void atfork_parent(void)
 {
+    adapters_fork(1);
     leash__log_atfork(0);
     leash__pool_lock_all(0);
     pthread_mutex_unlock(&g.maint_lock);
     pthread_mutex_unlock(&g.lock);
+    pthread_mutex_unlock(&adapters.lock);
 }
 
 /* In the child only async-signal-safe work: unlock, bump the generation; the rest
@@ -95,10 +151,12 @@ static void atfork_parent(void)
 static void atfork_child(void)
 {
     leash__t_tid = 0;
+    adapters_fork(2);
     leash__log_atfork(0);
     leash__pool_lock_all(0);
     pthread_mutex_unlock(&g.maint_lock);
     pthread_mutex_unlock(&g.lock);
+    pthread_mutex_unlock(&adapters.lock);
     atomic_fetch_add(&leash__fork_gen, 1);
 }
 
@@ -277,9 +335,6 @@ static leash_status init_locked(const leash_config *cfg)
         return leash__fail(LEASH_EINVAL, "leash_init: stats_fd is %d", c.stats_fd);
 
     pthread_once(&atfork_once, register_atfork);
-#if LEASH_WITH_HTTP
-    leash__http_global_init();
-#endif
     int strict = 0;
     if (c.strict >= 0)
         strict = c.strict;

@@ -16,6 +16,9 @@ struct out {
     int fd, err;
     size_t n;
     char buf[2048];
+    char *mem; /* fd < 0: the output goes here instead (mem_cap bytes, NUL-terminated) */
+    size_t mem_len, mem_cap;
+    int baseline; /* a text dump moves the "changed since" baseline */
 };
 
 /* Writes the buffer out. A reader that went away (a closed pipe, a dead log shipper) is
@@ -24,6 +27,17 @@ static void o_flush(struct out *o)
 {
     if (!o->n)
         return;
+    if (o->fd < 0) {
+        size_t room = o->mem_cap - 1 - o->mem_len;
+        size_t k = o->n < room ? o->n : room;
+        memcpy(o->mem + o->mem_len, o->buf, k);
+        o->mem_len += k;
+        o->mem[o->mem_len] = '\0';
+        if (k < o->n)
+            o->err = 1;
+        o->n = 0;
+        return;
+    }
     leash__nopipe np;
     leash__nopipe_begin(&np);
     size_t off = 0;
@@ -516,6 +530,8 @@ static void text_pool(struct out *o, struct leash_pool *p, uint64_t now, int sin
         }
         o_str(o, any ? "\n" : "  changes since the last dump: none\n");
     }
+    if (!o->baseline)
+        return;
     for (size_t i = 0; i < NMETRICS; i++)
         atomic_store_explicit(&p->base[i], v[i], memory_order_relaxed);
     atomic_store(&p->base_valid, 1);
@@ -524,7 +540,8 @@ static void text_pool(struct out *o, struct leash_pool *p, uint64_t now, int sin
 static void dump_text(struct out *o)
 {
     uint64_t now = now_coarse();
-    uint64_t last = atomic_exchange(&last_text_dump_ns, now);
+    uint64_t last = o->baseline ? atomic_exchange(&last_text_dump_ns, now)
+                                : atomic_load(&last_text_dump_ns);
     int npools = 0, held = 0;
     FOR_EACH_POOL(p)
     {
@@ -777,6 +794,8 @@ static void prom_problems(struct out *o)
     }
 }
 
+static int render(struct out *o_, leash_format fmt);
+
 int leash_stats_dump(int fd, leash_format fmt)
 {
     if (fd < 0 ||
@@ -786,6 +805,36 @@ int leash_stats_dump(int fd, leash_format fmt)
     o.fd = fd;
     o.err = 0;
     o.n = 0;
+    o.mem = NULL;
+    o.mem_len = o.mem_cap = 0;
+    o.baseline = 1;
+    return render(&o, fmt);
+}
+
+/* Renders a dump into buf (cap bytes, NUL-terminated) without moving the text dump's
+ * baseline; returns the length, or -1 if it did not fit (buf then holds a truncated dump).
+ * Async-signal-safe. */
+long leash__render(char *buf, size_t cap, leash_format fmt)
+{
+    if (!buf || cap < 2 ||
+        (fmt != LEASH_FORMAT_TEXT && fmt != LEASH_FORMAT_JSON && fmt != LEASH_FORMAT_PROMETHEUS))
+        return -1;
+    struct out o;
+    o.fd = -1;
+    o.err = 0;
+    o.n = 0;
+    o.mem = buf;
+    o.mem_len = 0;
+    o.mem_cap = cap;
+    o.baseline = 0;
+    buf[0] = '\0';
+    int rc = render(&o, fmt);
+    return rc < 0 ? -1 : (long)o.mem_len;
+}
+
+static int render(struct out *o_, leash_format fmt)
+{
+    struct out o = *o_;
     atomic_fetch_add(&leash__dumping, 1);
     if (fmt == LEASH_FORMAT_TEXT)
         dump_text(&o);
@@ -797,6 +846,7 @@ int leash_stats_dump(int fd, leash_format fmt)
     }
     o_flush(&o);
     atomic_fetch_sub(&leash__dumping, 1);
+    o_->mem_len = o.mem_len;
     return o.err ? -1 : 0;
 }
 

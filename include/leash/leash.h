@@ -104,6 +104,33 @@ typedef struct leash_adapter {
     /* password-free target for dumps and errors; optional
        (NULL: the core removes URL userinfo passwords and password=...) */
     void (*ctx_free)(void *ctx); /* when the pool is freed; optional */
+
+    /* Appended members: every one optional, so a zero-initialised table keeps working. */
+    /* Once per process and adapter table, before the table's first pool opens (e.g. a
+     * client library's global init). Returns 0, or nonzero to refuse the open. */
+    int (*process_init)(void);
+    /* Around fork(), from the core's own pthread_atfork handlers, in a fixed order: the
+     * core takes its locks, then calls fork_prepare of each adapter table in the order
+     * their first pool opened; fork_parent / fork_child run in the reverse order before the
+     * core releases its locks. fork_child may only do async-signal-safe work. */
+    void (*fork_prepare)(void);
+    void (*fork_parent)(void);
+    void (*fork_child)(void);
+    /* leash_pool_retarget: checks target and, on success, makes the adapter's later
+     * connects use it (an adapter that parsed its target into ctx re-parses it here; it
+     * synchronises with its own connects in flight). Returns 0, or nonzero with a message
+     * (no password) in err: the retarget is refused and nothing changes. NULL: the core
+     * only passes the new string to later connects. */
+    int (*retarget)(void *ctx, const char *target, char *err, size_t errlen);
+    /* The pool was opened (attach) or closed (detach) with this ctx. An adapter that
+     * watches its backend from a thread of its own (e.g. Redis Sentinel) starts it in
+     * attach, keeps pool to call leash_pool_evict(pool) from it, and stops and joins
+     * it in detach. pool stays valid until leash_shutdown. Called without pool locks. */
+    void (*attach)(void *ctx, struct leash_pool *pool);
+    void (*detach)(void *ctx);
+    /* The server conn is connected to (e.g. "10.0.0.5:5432"), asked once right after connect:
+     * shown in dumps and matched by leash_pool_evict_peer / leash_pool_check_peer. Optional. */
+    void (*peer)(void *ctx, void *conn, char *out, size_t outlen);
 } leash_adapter;
 
 typedef struct leash_pool_options { /* zero means "default" for every field; negative is invalid */
@@ -115,6 +142,13 @@ typedef struct leash_pool_options { /* zero means "default" for every field; neg
     int max_lifetime_ms;            /* 1800000; older connections are replaced when idle */
     int validate_idle_ms;           /* 500; validate on acquire when idle longer than this */
     int leak_threshold_ms;          /* 0: off; held longer than this counts a suspected leak */
+    /* appended */
+    int max_connecting;     /* 2: connects in flight at once per pool; other borrowers wait for
+                               a handle (a new one or a returned one, whichever comes first) */
+    int keepalive_ms;       /* 120000: an idle connection idle this long is validated by leash's
+                               own thread, off the borrowers' path; -1 off */
+    int connect_backoff_ms; /* 1000: longest pause between connect attempts while the backend is
+                               down; -1: no backoff and no fail-fast */
 } leash_pool_options;
 
 typedef struct leash_pool leash_pool;
@@ -140,6 +174,41 @@ LEASH_EXPORT leash_pool *leash_pool_get(const char *name);
 LEASH_EXPORT void leash_pool_close(leash_pool *pool);
 /* The pool's name ("" for NULL). Borrowed; valid until leash_shutdown. */
 LEASH_EXPORT const char *leash_pool_name(const leash_pool *pool);
+
+/* ---- runtime control ---------------------------------------------------------------- */
+
+/* Retires every connection of pool: idle ones are destroyed now, borrowed ones when they
+ * are released (never reused; not dirty, not misuse), connects in flight when they land.
+ * Counted destroyed_evicted. Returns how many connections it retired, or -1
+ * (LEASH_EINVAL for a bad pool, LEASH_ECLOSED for a closed one). */
+LEASH_EXPORT int leash_pool_evict(leash_pool *pool);
+/* The same for the connections to one server: those whose adapter peer() said peer when
+ * they connected (e.g. "127.0.0.1:6379"). For adapters that learn that a server changed
+ * role. Returns how many it retired, or -1. */
+LEASH_EXPORT int leash_pool_evict_peer(leash_pool *pool, const char *peer);
+/* Idle connections to peer (all idle connections for peer NULL) are validated before they
+ * are lent again, whatever validate_idle_ms says. Returns how many, or -1. */
+LEASH_EXPORT int leash_pool_check_peer(leash_pool *pool, const char *peer);
+/* New connections use target (copied); existing ones are evicted. A malformed target
+ * (the adapter's retarget hook refuses it) is LEASH_EINVAL and changes nothing; the
+ * message never contains a password. */
+LEASH_EXPORT leash_status leash_pool_retarget(leash_pool *pool, const char *target);
+/* Changes max_size and min_idle (-1 keeps a value). max_size >= 1 and min_idle <= max_size,
+ * else LEASH_EINVAL and nothing changes. A shrink retires idle surplus within about a second
+ * and borrowed surplus on release; a growth serves queued waiters at once, in order. */
+LEASH_EXPORT leash_status leash_pool_resize(leash_pool *pool, int max_size, int min_idle);
+/* Stops lending (acquires fail with LEASH_ECLOSED), waits up to timeout_ms (-1: forever)
+ * for borrowed handles to come back, then closes the pool. LEASH_OK if all came back (none
+ * counted leaks_at_close), else LEASH_ETIMEDOUT (the pool is closed all the same). */
+LEASH_EXPORT leash_status leash_pool_drain(leash_pool *pool, int timeout_ms);
+/* Readiness, for a probe: LEASH_OK; LEASH_ECONNECT while the backend is down (the last
+ * connect error in leash_last_error()); LEASH_ECLOSED for a closed or draining pool;
+ * LEASH_EINVAL for a bad pool. Never connects, never blocks. A pool that has not connected
+ * yet is LEASH_OK. */
+LEASH_EXPORT leash_status leash_pool_health(leash_pool *pool);
+/* The password-free description of the pool's target (as in dumps). Borrowed; valid until
+ * the next retarget or leash_shutdown. "" for NULL. */
+LEASH_EXPORT const char *leash_pool_target(const leash_pool *pool);
 
 /* ---- handles ----------------------------------------------------------------------- */
 
@@ -202,6 +271,15 @@ typedef struct leash_pool_stats {
         validation_failures, discarded, dirty_returns, leaks_reclaimed, leaks_suspected,
         leaks_at_close, returned_late, misuse;
     uint64_t wait_ns_total, wait_ns_max, hold_ns_total, hold_ns_max;
+    /* appended */
+    uint32_t connecting, consecutive_failures; /* connects in flight; failures since the last
+                                                  success */
+    uint64_t fast_failures, keepalives; /* acquires refused at once while down; keepalive
+                                           checks */
+    uint64_t last_connect_ok_ns, last_connect_fail_ns; /* CLOCK_MONOTONIC of the last success /
+                                                          failure; 0 never */
+    uint64_t destroyed_broken, destroyed_dirty, destroyed_idle, destroyed_lifetime,
+        destroyed_evicted, destroyed_invalid, destroyed_closed; /* their sum is destroyed */
 } leash_pool_stats;
 
 /* Fills *out with pool's counters (a consistent view once the pool is quiet).
@@ -216,6 +294,34 @@ typedef enum { LEASH_FORMAT_TEXT, LEASH_FORMAT_JSON, LEASH_FORMAT_PROMETHEUS } l
  * changed since the previous text dump, and becomes the new baseline; JSON and
  * Prometheus dumps do not move it. Returns 0, or -1 on a write error or bad argument. */
 LEASH_EXPORT int leash_stats_dump(int fd, leash_format fmt);
+/* One borrow site (file:line in func) of a pool. Strings are borrowed (the call site's
+ * __FILE__ and __func__). The entry whose file is "(other sites)" counts the sites that did
+ * not fit the pool's fixed table. */
+typedef struct leash_site_stats {
+    const char *file, *func;
+    int line;
+    uint64_t acquired, timeouts, held_now, leaks, dirty_returns, misuse;
+    uint64_t wait_ns_total, wait_ns_max, hold_ns_total, hold_ns_max;
+} leash_site_stats;
+/* Fills up to max entries of out, busiest (most acquired) first; returns how many sites the
+ * pool has seen (may exceed max). out may be NULL when max is 0. Bad arguments: -1 with
+ * LEASH_EINVAL. */
+LEASH_EXPORT int leash_pool_sites(leash_pool *pool, leash_site_stats *out, int max);
+
+/* Hooks, for tracing and a user's own metrics. A NULL member is skipped; NULL hooks remove
+ * them. Never called with a pool lock held; called from the thread that did the work. */
+typedef struct leash_hooks {
+    void (*on_connect)(leash_pool *pool, uint64_t connect_ns, leash_status outcome, void *arg);
+    void (*on_acquire)(leash_pool *pool, leash_handle *h /* NULL on failure */, uint64_t wait_ns,
+                       leash_status outcome, void *arg);
+    void (*on_release)(leash_pool *pool, leash_handle *h, uint64_t hold_ns, void *arg);
+    void (*on_destroy)(leash_pool *pool, const char *reason, void *arg);
+    /* reason: "broken", "dirty", "idle", "lifetime", "evicted", "invalid", "closed" */
+} leash_hooks;
+/* Sets (copies) or, with hooks NULL, removes pool's hooks. LEASH_EINVAL for a bad pool. */
+LEASH_EXPORT leash_status leash_pool_set_hooks(leash_pool *pool, const leash_hooks *hooks,
+                                               void *arg);
+
 /* Handles checked out right now, all pools. */
 LEASH_EXPORT int leash_outstanding(void);
 /* Writes a report of every held handle (pool, borrow site, thread, age) to fd (-1: the
