@@ -14,6 +14,12 @@
 #define SRV_PG_PORT 15432           /* role leash / SRV_PG_PASSWORD (scram), database leash */
 #define SRV_PG_PASSWORD "leash-pg-pw"
 #define SRV_PGBOUNCER_PORT 16432    /* pgbouncer, transaction pooling, in front of SRV_PG_PORT */
+/* A replicated pair (tests/servers.d/pgha.sh), role leash as on SRV_PG_PORT. After
+ * srv_ctl("start", "pgha"), node a is the primary and node b its hot standby. */
+#define SRV_PGHA_A_PORT 15533
+#define SRV_PGHA_B_PORT 15534
+#define SRV_PGHA_A_PIDFILE "pgha/a.pid"
+#define SRV_PGHA_B_PIDFILE "pgha/b.pid"
 #define SRV_HTTP_PORT 18080         /* nginx, plain HTTP */
 #define SRV_HTTPS_PORT 18443        /* nginx, TLS with a certificate signed by srv_path("nginx/ca.pem") */
 
