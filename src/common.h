@@ -58,6 +58,16 @@ void leash__nopipe_end(leash__nopipe *np);
  * request helpers. */
 void *leash__held_conn(leash_handle *h, const leash_adapter *a, const char *fn, const char *kind);
 
+/* The core's allocations (alloc.c): like malloc, calloc, strdup, aligned_alloc and free, but
+ * a test can make the n-th one fail (leash__alloc_fail_at(n); 0 turns it off). */
+void *leash__malloc(size_t n);
+void *leash__calloc(size_t n, size_t size);
+char *leash__strdup(const char *s);
+void *leash__aligned_alloc(size_t align, size_t n);
+void leash__free(void *p);
+LEASH_EXPORT void leash__alloc_fail_at(long n);
+LEASH_EXPORT long leash__alloc_calls(void);
+
 /* Makes sure the manager is initialised (adapters call this from their pool functions);
  * returns LEASH_OK or the failure (already recorded). */
 leash_status leash__ensure_init(void);

@@ -5,32 +5,18 @@
 #include "common.h"
 
 #include <pthread.h>
+#include <stddef.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "slot.h"
+
 #define LEASH_POOL_MAGIC 0x4c504f4fu /* "LPOO" */
-#define LEASH_SLOT_MAGIC 0x4c534c54u /* "LSLT" */
 #define LEASH_POOL_SIZE_MAX 65535
 #define LEASH_TARGET_DESC_MAX 256
-
-/* A slot's life: EMPTY -> CONNECTING -> HELD <-> IDLE; RETURNING while a release runs;
- * ORPHANED when the pool closed while it was held. */
-enum {
-    SLOT_EMPTY = 0,
-    SLOT_CONNECTING,
-    SLOT_IDLE,
-    SLOT_HELD,
-    SLOT_RETURNING,
-    SLOT_ORPHANED,
-    SLOT_CACHED, /* idle, kept in the cache of the thread that returned it (not on the stack) */
-};
-
-/* Idle, on the stack or in a thread's cache. */
-static inline int is_idle_state(int st)
-{
-    return st == SLOT_IDLE || st == SLOT_CACHED;
-}
+#define LEASH_SEG_SLOTS 64 /* slots are allocated 64 at a time and never moved */
+#define LEASH_SEGS ((LEASH_POOL_SIZE_MAX + LEASH_SEG_SLOTS) / LEASH_SEG_SLOTS)
 
 /* Each thread keeps the handle it returned last to each pool (direct-mapped by pool id)
  * so that its next borrow gets the same connection back without touching the shared
@@ -48,44 +34,18 @@ extern __attribute__((tls_model(
 /* Moves on at every shutdown (slots are freed then). */
 extern _Atomic uint64_t leash__epoch;
 
-/* A handle is its slot. Fields the borrower writes are only written while it owns the
- * slot; they are atomics (relaxed) because the dump and the maintenance thread read them
- * without a lock. Slots start on a cache line of their own (the array is allocated aligned),
- * so two threads working on neighbouring slots do not pass one line back and forth. */
-#define LEASH_CACHE_LINE 64
-struct leash_handle {
-    _Alignas(LEASH_CACHE_LINE) uint32_t magic;
-    uint32_t index;
-    struct leash_pool *pool;
-    _Atomic int state;
-    _Atomic uint32_t next; /* idle stack link: index + 1, 0 ends */
-    void *conn;
-    uint64_t conn_gen;           /* fork generation the connection was made in */
-    _Atomic uint64_t expire_ns;  /* max_lifetime deadline (jittered) */
-    _Atomic uint64_t idle_limit; /* idle timeout (jittered), ns */
-    _Atomic int broken;
-
-    /* the borrow record */
-    _Atomic(const char *) file;
-    _Atomic(const char *) func;
-    _Atomic int line;
-    _Atomic int tid;
-    _Atomic uint64_t since_ns;   /* coarse clock */
-    _Atomic uint64_t idle_since; /* coarse clock */
-    _Atomic uint64_t suspected;  /* the borrow number counted as a suspected leak */
-
-    /* counters owned by the slot's current owner: written with a plain load+store */
-    _Atomic uint64_t acquired, released, hold_ns_total, hold_ns_max;
-};
-
-/* Where leaks and misuse happen: a small fixed table per pool, filled lock-free, so the
- * dumps can say which borrow site leaks (reclaimed handles are no longer held). */
-#define LEASH_PROBLEM_SITES 16
+/* Borrow sites: a fixed table per pool, claimed lock-free by (file, line); the last entry
+ * counts every site that did not fit. */
+#define LEASH_SITES 64
+#define LEASH_SITE_OTHER LEASH_SITES
 enum { PROB_RECLAIMED, PROB_SUSPECTED, PROB_AT_CLOSE, PROB_DIRTY, PROB_MISUSE, PROB_KINDS };
-struct leash_problem_site {
+struct leash_site {
+    _Atomic uint64_t key; /* 0: free; claimed once, never released */
     _Atomic(const char *) file;
     _Atomic(const char *) func;
     _Atomic int line;
+    _Atomic int ready; /* file, func, line written (release; pairs with readers' acquire) */
+    _Atomic uint64_t acquired, timeouts, wait_total, wait_max, hold_total, hold_max;
     _Atomic uint64_t n[PROB_KINDS];
     _Atomic uint64_t base[PROB_KINDS]; /* at the last text dump */
 };
@@ -93,7 +53,11 @@ struct leash_problem_site {
 struct leash_waiter {
     struct leash_waiter *next;
     pthread_cond_t cond;
-    int signaled; /* woken and not yet run: no second wake-up needed */
+    int signaled;               /* woken and not yet run: no second wake-up needed */
+    struct leash_handle *given; /* a new connection handed straight to this waiter */
+    void *job;                  /* the connect this waiter started, while it runs */
+    int connect_failed;         /* the connect this waiter started failed */
+    char error[LEASH_ERR_MAX];  /* ... and why (password-free) */
 };
 
 /* Slow-path counters, one atomic each, in dump order. */
@@ -110,51 +74,106 @@ struct leash_waiter {
     X(leaks_suspected)                                                                             \
     X(leaks_at_close)                                                                              \
     X(returned_late)                                                                               \
-    X(misuse)
+    X(misuse)                                                                                      \
+    X(fast_failures)                                                                               \
+    X(keepalives)
+
+/* Targets a pool has had: kept until the pool is freed, since connects in flight and
+ * lock-free readers may still hold the old strings. */
+struct leash_target {
+    struct leash_target *prev;
+    char *target;
+    char desc[LEASH_TARGET_DESC_MAX];
+};
+
+struct leash_hooks_box {
+    struct leash_hooks_box *prev; /* every set is kept until the pool is freed */
+    leash_hooks hooks;
+    void *arg;
+};
+
+#define LEASH_PEERS 32 /* distinct peers interned per pool */
 
 struct leash_pool {
     uint32_t magic;
-    uint32_t nslots; /* max_size */
-    uint32_t id;     /* for the per-thread cache */
-    struct leash_handle *slots;
+    uint32_t id; /* for the per-thread cache */
+    _Atomic uint32_t nslots; /* max_size */
+    _Atomic uint32_t nalloc; /* slots allocated; only grows (release, pairs with slot walks) */
+    _Atomic(struct leash_handle *) seg[LEASH_SEGS];
     char name[LEASH_NAME_MAX + 1];
     const leash_adapter *adapter;
     void *ctx;
-    char *target;
-    char target_desc[LEASH_TARGET_DESC_MAX];
+    _Atomic(struct leash_target *) target; /* current; older ones linked from it */
 
     /* resolved options */
-    int min_idle, timeout_ms, max_waiters;
-    uint64_t idle_ns, lifetime_ns, validate_ns, leak_ns;
+    _Atomic int min_idle;
+    int timeout_ms, max_waiters, max_connecting;
+    uint64_t idle_ns, lifetime_ns, validate_ns, leak_ns, keepalive_ns, backoff_max_ns;
 
-    _Atomic uint64_t head; /* idle stack: (tag << 32) | (index + 1) */
+    _Atomic uint64_t head; /* idle stack: (tag << 16) | (index + 1) */
     _Atomic int nwaiters;
-    _Atomic uint64_t head_since; /* tick when the first waiter became first */
+    _Atomic uint64_t head_since; /* exact clock (raw) when the first waiter became first */
     _Atomic int closed;
+    _Atomic int draining;
     _Atomic int active; /* set by acquires, cleared by the maintenance thread */
     _Atomic uint64_t fork_gen;
-    _Atomic uint32_t size; /* slots not EMPTY; written under lock */
+    _Atomic uint32_t size;       /* slots not EMPTY; written under lock */
+    _Atomic uint32_t connecting; /* connect jobs in flight; written under lock */
+    _Atomic uint64_t evict_epoch;
+
+    /* the backend's state: written under lock, read lock-free by stats and health */
+    _Atomic uint32_t consecutive_failures;
+    _Atomic uint64_t down_since_ns; /* CLOCK_MONOTONIC when it went down; 0: up */
+    _Atomic uint64_t last_connect_ok_ns, last_connect_fail_ns;
+    uint64_t next_attempt_ns; /* under lock: while down, no connect before this */
+    uint64_t backoff_ns;      /* under lock */
 
     pthread_mutex_t lock;
     struct leash_waiter *wait_head, *wait_tail; /* under lock */
     char last_error[256];                       /* under lock: last connect failure */
     uint32_t rng;                               /* under lock */
-    uint64_t refill_after;                      /* maintenance only: min_idle back-off */
-    uint64_t refill_backoff;
+    const char *peers[LEASH_PEERS];             /* under lock (append-only; read lock-free) */
+    _Atomic int npeers;
 
 #define LEASH_DECLARE_COUNTER(n) _Atomic uint64_t n;
     LEASH_POOL_COUNTERS(LEASH_DECLARE_COUNTER)
-    _Atomic uint64_t wait_ns_total, wait_ns_max;
+    _Atomic uint64_t gone[GONE_REASONS]; /* destroyed, by reason */
+    _Atomic uint64_t retired_peer;       /* evicted because their server changed role */
+    _Atomic uint64_t hist_connect[LEASH_HIST_BUCKETS + 1], connect_ns_total;
 
-    struct leash_problem_site problems[LEASH_PROBLEM_SITES];
-    _Atomic uint64_t problems_elsewhere; /* the table was full */
+    _Atomic(struct leash_hooks_box *) hooks;
+    struct leash_hooks_box *hooks_parked; /* under lock: sets removed by a NULL set */
+
+    struct leash_site sites[LEASH_SITES + 1];
 
     /* the text dump's baseline ("changed since the last dump") */
     _Atomic int base_valid;
-    _Atomic uint64_t base[32];
+    _Atomic uint64_t base[48];
 
     _Atomic(struct leash_pool *) next_all; /* every pool since init, closed ones too */
 };
+
+/* Slot i of p (i < nalloc). */
+static inline struct leash_handle *slot_at(const struct leash_pool *p, uint32_t i)
+{
+    /* relaxed: callers loaded nalloc with acquire, which pairs with the release store that
+     * published the segment */
+    struct leash_handle *seg = atomic_load_explicit(
+        &((struct leash_pool *)p)->seg[i / LEASH_SEG_SLOTS], memory_order_relaxed);
+    return seg + i % LEASH_SEG_SLOTS;
+}
+static inline uint32_t slots_allocated(const struct leash_pool *p)
+{
+    return atomic_load_explicit(&((struct leash_pool *)p)->nalloc, memory_order_acquire);
+}
+#define FOR_EACH_SLOT(p, s)                                                                        \
+    for (uint32_t i_##s = 0, n_##s = slots_allocated(p); i_##s < n_##s; i_##s++)                   \
+        for (struct leash_handle *s = slot_at(p, i_##s); s; s = NULL)
+
+static inline const struct leash_target *pool_target(const struct leash_pool *p)
+{
+    return atomic_load_explicit(&((struct leash_pool *)p)->target, memory_order_acquire);
+}
 
 /* ---- manager (manager.c) ---- */
 extern _Atomic uint64_t leash__fork_gen;
@@ -191,16 +210,32 @@ leash_status leash__register_pool(struct leash_pool *p);
 /* Marks p closed and unregistered; 0 if it already was. */
 int leash__unregister_pool(struct leash_pool *p);
 
-/* ---- pools (pool.c) ---- */
+/* ---- pools (lifecycle.c) ---- */
 void leash__pool_free(struct leash_pool *p);
 void leash__pool_fixup_child(struct leash_pool *p);
 void leash__pool_maintain(struct leash_pool *p, uint64_t now);
 void leash__pool_destroy_orphans(struct leash_pool *p);
 void leash__pool_lock_all(int lock);
+/* ---- connect jobs (connect.c) ---- */
+/* Joins every connect thread that has finished (all=0), or waits for all of them (all=1). */
+void leash__connect_reap(int all);
+/* Around fork (0 prepare, 1 parent, 2 child): the job list's lock, taken after the pools'. */
+void leash__connect_atfork(int phase);
 
+/* ---- sites and histograms (sites.c) ---- */
+/* The site table index for (file, line, func); LEASH_SITE_OTHER when the table is full. */
+uint32_t leash__site_index(struct leash_pool *p, const char *file, int line, const char *func);
+/* Counts a leak or misuse of kind PROB_* at the borrow site (file, line, func). Lock-free. */
+void leash__count_problem(struct leash_pool *p, const char *file, int line, const char *func,
+                          int kind);
+/* Site i's numbers (table + slots' accumulators). Async-signal-safe. */
+void leash__site_get(struct leash_pool *p, uint32_t i, leash_site_stats *out);
+int leash__site_used(struct leash_pool *p, uint32_t i);
+/* The used sites' indexes, most acquired first (idx, acq: LEASH_SITES + 1 each). AS-safe. */
+int leash__sites_sorted(struct leash_pool *p, uint32_t *idx, uint64_t *acq);
+/* Adds s's per-site accumulators to the site table and clears them (s's owner). */
+void leash__site_flush(struct leash_pool *p, struct leash_handle *s);
 /* ---- stats (stats.c) ---- */
-/* Counts a leak or misuse of kind PROB_* at s's borrow site. Lock-free. */
-void leash__count_problem(struct leash_pool *p, struct leash_handle *s, int kind);
 uint32_t leash__pool_in_use(const struct leash_pool *p);
 /* Writes the held handles of p to fd, one line each; returns their count. AS-safe. */
 int leash__report_held(int fd, struct leash_pool *p, const char *why);

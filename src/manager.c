@@ -132,6 +132,7 @@ static void atfork_prepare(void)
     pthread_mutex_lock(&g.lock);
     pthread_mutex_lock(&g.maint_lock);
     leash__pool_lock_all(1);
+    leash__connect_atfork(0);
     leash__log_atfork(1);
     adapters_fork(0);
 }
@@ -140,6 +141,7 @@ static void atfork_parent(void)
 {
     adapters_fork(1);
     leash__log_atfork(0);
+    leash__connect_atfork(1);
     leash__pool_lock_all(0);
     pthread_mutex_unlock(&g.maint_lock);
     pthread_mutex_unlock(&g.lock);
@@ -153,10 +155,14 @@ static void atfork_child(void)
     leash__t_tid = 0;
     adapters_fork(2);
     leash__log_atfork(0);
+    leash__connect_atfork(2);
     leash__pool_lock_all(0);
     pthread_mutex_unlock(&g.maint_lock);
     pthread_mutex_unlock(&g.lock);
     pthread_mutex_unlock(&adapters.lock);
+    /* Dumps, leash_outstanding and leash_check_leaks in progress belong to the parent's
+     * other threads, which do not exist here: the child's shutdown must not wait for them. */
+    atomic_store(&leash__dumping, 0);
     atomic_fetch_add(&leash__fork_gen, 1);
 }
 
@@ -217,6 +223,7 @@ static void *maint_main(void *arg)
             busy |= atomic_exchange_explicit(&p->active, 0, memory_order_relaxed);
         if (kick || now - last_work >= TICK_QUIET_MS * 1000000ull) {
             last_work = now;
+            leash__connect_reap(0);
             for (struct leash_pool *p = atomic_load(&leash__pools); p;
                  p = atomic_load(&p->next_all))
                 leash__pool_maintain(p, now);
@@ -335,6 +342,7 @@ static leash_status init_locked(const leash_config *cfg)
         return leash__fail(LEASH_EINVAL, "leash_init: stats_fd is %d", c.stats_fd);
 
     pthread_once(&atfork_once, register_atfork);
+    leash__clock_init();
     int strict = 0;
     if (c.strict >= 0)
         strict = c.strict;
@@ -481,6 +489,10 @@ void leash_shutdown(void)
     for (struct leash_pool *p = atomic_load(&leash__pools); p; p = atomic_load(&p->next_all))
         leash_pool_close(p);
 
+    /* Connects in flight end (each bounded by its adapter's connect timeout) and join:
+     * no thread of leash's outlives shutdown. They see their pool closed and drop what
+     * they made. */
+    leash__connect_reap(1);
     pthread_mutex_lock(&g.lock);
     if (g.stats_signal > 0)
         sigaction(g.stats_signal, &g.old_action, NULL);

@@ -1,4 +1,5 @@
-/* Pools: acquire and release, waiting, connections, guards, misuse and handle accessors. */
+/* Acquire and release: the fast path (thread cache, idle stack), the waiting protocol,
+ * guards, misuse and the handle accessors. */
 #include "pool.h"
 
 #include <errno.h>
@@ -7,39 +8,14 @@
 #include <string.h>
 #include <time.h>
 
-/* How long the first waiter may be overtaken by threads that are not queued. */
+/* How long the first waiter may be overtaken by threads that are not queued, on the exact
+ * clock. */
 #define BARGE_NS 2000000ull
 
 /* How a borrow ends, for give_back(). */
 enum { END_RELEASE, END_RECLAIM, END_DISCARD };
 
-/* ---- waiters (pool lock held) ---- */
-
-static int can_serve(struct leash_pool *p)
-{
-    return atomic_load(&p->head) != 0 || atomic_load(&p->size) < p->nslots ||
-           atomic_load(&p->closed);
-}
-
-void leash__signal_head_locked(struct leash_pool *p)
-{
-    struct leash_waiter *w = p->wait_head;
-    if (w && !w->signaled) {
-        w->signaled = 1;
-        pthread_cond_signal(&w->cond);
-    }
-}
-
-void leash__wake_head(struct leash_pool *p)
-{
-    pthread_mutex_lock(&p->lock);
-    leash__signal_head_locked(p);
-    pthread_mutex_unlock(&p->lock);
-}
-
-/* ---- connections ---- */
-
-static uint32_t rand_locked(struct leash_pool *p)
+uint32_t leash__rand(struct leash_pool *p)
 {
     uint32_t x = p->rng;
     x ^= x << 13;
@@ -49,290 +25,295 @@ static uint32_t rand_locked(struct leash_pool *p)
     return x;
 }
 
-/* v less up to 10%, so a pool's connections do not all expire at once. */
-static uint64_t jitter(struct leash_pool *p, uint64_t v)
+static int valid_slot(const struct leash_handle *s)
 {
-    uint64_t span = v / 10;
-    if (!span)
-        return v;
-    pthread_mutex_lock(&p->lock);
-    uint32_t r = rand_locked(p);
-    pthread_mutex_unlock(&p->lock);
-    return v - (uint64_t)r % span;
+    return s && s->magic == LEASH_SLOT_MAGIC && s->pool && s->pool->magic == LEASH_POOL_MAGIC;
 }
 
-/* Connects into s, which the caller owns (CONNECTING). Returns LEASH_OK or records the
- * failure (pool lock not held). */
-leash_status leash__connect_into(struct leash_pool *p, struct leash_handle *s)
+/* A forked child runs the fix-up at its first leash call, whichever it is. */
+static inline void fork_check(struct leash_pool *p)
 {
-    char err[256] = "";
-    void *c = p->adapter->connect(p->ctx, p->target, err, sizeof err);
-    if (!c) {
-        char clean[256];
-        leash__redact(err[0] ? err : "the adapter gave no reason", clean, sizeof clean);
-        count(&p->connect_failures);
-        pthread_mutex_lock(&p->lock);
-        snprintf(p->last_error, sizeof p->last_error, "%s", clean);
-        pthread_mutex_unlock(&p->lock);
-        return leash__fail(LEASH_ECONNECT, "pool \"%s\" (%s): connect to %s failed: %s", p->name,
-                           p->adapter->kind, p->target_desc, clean);
-    }
-    uint64_t now = tick();
-    s->conn = c;
-    s->conn_gen = atomic_load(&leash__fork_gen);
-    atomic_store_explicit(&s->expire_ns, now + jitter(p, p->lifetime_ns), memory_order_relaxed);
-    atomic_store_explicit(&s->idle_limit, jitter(p, p->idle_ns), memory_order_relaxed);
-    atomic_store_explicit(&s->broken, 0, memory_order_relaxed);
-    atomic_store_explicit(&s->idle_since, now, memory_order_relaxed);
-    count(&p->created);
-    return LEASH_OK;
-}
-
-/* Drops s's connection: destroyed, or abandoned if it was made before a fork. */
-void leash__drop_conn(struct leash_pool *p, struct leash_handle *s)
-{
-    void *c = s->conn;
-    s->conn = NULL;
-    if (!c)
-        return;
-    if (s->conn_gen != atomic_load(&leash__fork_gen)) {
-        if (p->adapter->abandon)
-            p->adapter->abandon(p->ctx, c);
-    } else {
-        p->adapter->destroy(p->ctx, c);
-    }
-    count(&p->destroyed);
-}
-
-/* s (owned by the caller, connection dropped) becomes EMPTY; its capacity goes to the
- * first waiter. */
-void leash__slot_free(struct leash_pool *p, struct leash_handle *s)
-{
-    pthread_mutex_lock(&p->lock);
-    atomic_store(&s->state, SLOT_EMPTY);
-    atomic_store(&p->size, atomic_load(&p->size) - 1);
-    leash__signal_head_locked(p);
-    pthread_mutex_unlock(&p->lock);
-}
-
-/* Reserves an EMPTY slot for a new connection (pool lock held), or NULL at capacity. */
-struct leash_handle *leash__reserve_locked(struct leash_pool *p)
-{
-    if (atomic_load(&p->size) >= p->nslots)
-        return NULL;
-    for (uint32_t i = 0; i < p->nslots; i++) {
-        struct leash_handle *s = &p->slots[i];
-        if (atomic_load_explicit(&s->state, memory_order_relaxed) == SLOT_EMPTY) {
-            atomic_store(&s->state, SLOT_CONNECTING);
-            atomic_store(&p->size, atomic_load(&p->size) + 1);
-            return s;
-        }
-    }
-    return NULL;
+    if (LEASH_UNLIKELY(ld(&p->fork_gen) !=
+                       atomic_load_explicit(&leash__fork_gen, memory_order_relaxed)))
+        leash__after_fork();
 }
 
 /* ---- lending ---- */
 
-static inline void lend(struct leash_handle *s, uint64_t now, const char *file, int line,
-                        const char *func)
+/* Makes s (owned by the caller) the caller's borrow: the borrow record, the per-site and
+ * per-slot numbers, then HELD with the next borrow number. Returns the handle value. */
+static inline leash_handle *lend(struct leash_pool *p, struct leash_handle *s, uint64_t now_raw,
+                                 uint64_t wait_ns, const char *file, int line, const char *func)
 {
+    uint32_t site;
+    if (LEASH_LIKELY(s->memo_file == file && s->memo_line == line)) {
+        site = s->memo_site;
+    } else {
+        site = leash__site_index(p, file, line, func);
+        s->memo_file = file;
+        s->memo_line = line;
+        s->memo_site = site;
+    }
+    if (LEASH_UNLIKELY(atomic_load_explicit(&s->acc_site, memory_order_relaxed) != site)) {
+        leash__site_flush(p, s);
+        atomic_store_explicit(&s->acc_site, site, memory_order_relaxed);
+    }
+    own_inc(&s->acc_acquired, 1);
+    own_inc(&s->hist_wait[leash__hist_bucket(wait_ns)], 1);
+    if (wait_ns) {
+        own_inc(&s->acc_wait_total, wait_ns);
+        own_max(&s->acc_wait_max, wait_ns);
+        own_inc(&s->wait_ns_total, wait_ns);
+        own_max(&s->wait_ns_max, wait_ns);
+    }
+    atomic_store_explicit(&s->site, site, memory_order_relaxed);
     atomic_store_explicit(&s->file, file, memory_order_relaxed);
     atomic_store_explicit(&s->func, func, memory_order_relaxed);
     atomic_store_explicit(&s->line, line, memory_order_relaxed);
     atomic_store_explicit(&s->tid, leash__tid(), memory_order_relaxed);
-    atomic_store_explicit(&s->since_ns, now, memory_order_relaxed);
-    own_inc(&s->acquired, 1);
-    atomic_store_explicit(&s->state, SLOT_HELD, memory_order_release);
+    atomic_store_explicit(&s->since, now_raw, memory_order_relaxed);
+    uint64_t w = atomic_load_explicit(&s->word, memory_order_relaxed);
+    assert(w_state(w) == SLOT_RETURNING);
+    uint64_t borrow = w_borrow(w) + 1;
+    /* release: publishes the borrow record (pairs with slot_word's acquire in the dumps and
+     * in the accessors) */
+    atomic_store_explicit(&s->word, w_make(borrow, SLOT_HELD), memory_order_release);
+    return h_make(s, borrow);
 }
 
-/* s came off the idle stack but is too old or needs validating: check it, replace the
- * connection if needed. Returns LEASH_OK with s usable, or a failure with s freed. */
-static leash_status refresh(struct leash_pool *p, struct leash_handle *s, uint64_t now)
+/* s came off the idle stack or a cache: 1 if it may be lent as it is. Otherwise it is too
+ * old, retired, evicted or fails validation: destroyed, slot freed, 0. */
+static inline int fresh(struct leash_pool *p, struct leash_handle *s, uint64_t now)
 {
-    int replace = now >= ld(&s->expire_ns);
-    if (!replace && p->adapter->validate && now - ld(&s->idle_since) > p->validate_ns) {
+    int retire = atomic_load_explicit(&s->retire, memory_order_relaxed);
+    int recheck = atomic_load_explicit(&s->recheck, memory_order_relaxed);
+    int due = p->adapter->validate && now - ld(&s->idle_since) > p->validate_ns;
+    if (LEASH_LIKELY(!retire && !recheck && !due && now < ld(&s->expire_ns) &&
+                     s->conn_epoch == ld(&p->evict_epoch)))
+        return 1;
+    int why = -1;
+    if (retire)
+        why = retire - 1;
+    else if (now >= ld(&s->expire_ns))
+        why = GONE_LIFETIME;
+    else if (s->conn_epoch != ld(&p->evict_epoch))
+        why = GONE_EVICTED;
+    else if (p->adapter->validate) {
+        atomic_store_explicit(&s->recheck, 0, memory_order_relaxed);
         if (p->adapter->validate(p->ctx, s->conn) != 0) {
             count(&p->validation_failures);
-            replace = 1;
+            why = GONE_INVALID;
         }
     }
-    if (!replace)
-        return LEASH_OK;
-    leash__drop_conn(p, s);
-    atomic_store(&s->state, SLOT_CONNECTING);
-    leash_status st = leash__connect_into(p, s);
-    if (st != LEASH_OK)
-        leash__slot_free(p, s);
+    if (why < 0)
+        return 1;
+    leash__retire(p, s, why);
+    return 0;
+}
+
+static void on_acquire(struct leash_pool *p, leash_handle *h, uint64_t wait_ns, leash_status st)
+{
+    const struct leash_hooks_box *hb = pool_hooks(p);
+    if (LEASH_UNLIKELY(hb != NULL) && hb->hooks.on_acquire)
+        hb->hooks.on_acquire(p, h, wait_ns, st, hb->arg);
+}
+
+/* The deadline tmo ms after now, on CLOCK_MONOTONIC. */
+static struct timespec deadline_in(int tmo)
+{
+    struct timespec d;
+    clock_gettime(CLOCK_MONOTONIC, &d);
+    d.tv_sec += tmo / 1000;
+    d.tv_nsec += (long)(tmo % 1000) * 1000000L;
+    if (d.tv_nsec >= 1000000000L) {
+        d.tv_sec++;
+        d.tv_nsec -= 1000000000L;
+    }
+    return d;
+}
+
+/* Handles held right now (a walk: slow paths only). */
+uint32_t leash__pool_in_use(const struct leash_pool *p)
+{
+    uint32_t n = 0;
+    FOR_EACH_SLOT(p, s)
+    n += w_state(atomic_load_explicit(&s->word, memory_order_relaxed)) == SLOT_HELD;
+    return n;
+}
+
+enum { GOT_NOTHING, GOT_IDLE, GOT_NEW };
+
+/* The waiting protocol, under the pool lock. Returns what it got in *out, or a status:
+ * ECLOSED, ETIMEDOUT, EBUSY, ECONNECT (fast failure while down: *fast = 1; or the connect
+ * this borrower started failed: its message in w->error). */
+static leash_status wait_for_slot(struct leash_pool *p, int tmo, const struct timespec *deadline,
+                                  struct leash_waiter *w, struct leash_handle **out, int *got,
+                                  int *fast)
+{
+    int queued = 0;
+    leash_status st = LEASH_OK;
+    for (;;) {
+        if (atomic_load(&p->closed) || atomic_load(&p->draining)) {
+            st = LEASH_ECLOSED;
+            break;
+        }
+        if (w->given) {
+            *out = w->given;
+            w->given = NULL;
+            *got = GOT_NEW;
+            break;
+        }
+        if (w->connect_failed) {
+            st = LEASH_ECONNECT;
+            break;
+        }
+        /* Idle handles go to waiters in arrival order: only the first looks at the stack.
+         * Any waiter may start a connect when there is none idle (max_connecting bounds
+         * them); a new connection goes to the first waiter without one. */
+        if (queued ? p->wait_head == w : p->wait_head == NULL) {
+            *out = take_idle(p);
+            if (*out) {
+                *got = GOT_IDLE;
+                break;
+            }
+        }
+        if (!w->job && STACK_IDX(atomic_load(&p->head)) == 0 &&
+            leash__connect_start_locked(p, w) < 0) {
+            st = LEASH_ECONNECT;
+            break;
+        }
+        /* Down, and nothing borrowed that could come back: no point waiting. */
+        if (pool_down(p) && leash__pool_in_use(p) == 0) {
+            *fast = 1;
+            st = LEASH_ECONNECT;
+            break;
+        }
+        if (tmo == 0) {
+            st = LEASH_ETIMEDOUT;
+            break;
+        }
+        if (!queued) {
+            if (p->max_waiters && atomic_load(&p->nwaiters) >= p->max_waiters) {
+                st = LEASH_EBUSY;
+                break;
+            }
+            pthread_condattr_t ca;
+            pthread_condattr_init(&ca);
+            pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+            pthread_cond_init(&w->cond, &ca);
+            pthread_condattr_destroy(&ca);
+            leash__wait_enqueue_locked(p, w);
+            queued = 1;
+            continue; /* first in line now? look again before sleeping */
+        }
+        int rc = pthread_cond_timedwait(&w->cond, &p->lock, deadline);
+        w->signaled = 0;
+        if (rc == ETIMEDOUT) {
+            /* One last look before giving up. */
+            if (w->given || w->connect_failed || atomic_load(&p->closed))
+                continue;
+            if (p->wait_head == w && (*out = take_idle(p)) != NULL) {
+                *got = GOT_IDLE;
+                break;
+            }
+            st = LEASH_ETIMEDOUT;
+            break;
+        }
+    }
+    if (queued) {
+        leash__wait_leave_locked(p, w);
+        pthread_cond_destroy(&w->cond);
+    } else {
+        leash__connect_orphan_locked(p, w);
+    }
+    /* A connection handed over while this waiter was already leaving goes to the next. */
+    if (w->given && *got == GOT_NOTHING) {
+        *out = w->given;
+        w->given = NULL;
+        *got = GOT_NEW;
+        st = LEASH_OK;
+    } else if (w->given) {
+        struct leash_handle *extra = w->given;
+        w->given = NULL;
+        if (!leash__wait_give_locked(p, extra)) {
+            slot_set(extra, SLOT_IDLE);
+            stack_push(p, extra);
+        }
+    }
     return st;
 }
 
-static inline int needs_refresh(const struct leash_pool *p, struct leash_handle *s, uint64_t now)
+static leash_handle *acquire_slow(struct leash_pool *p, int timeout_ms, const char *file,
+                                  int line, const char *func)
 {
-    return now >= ld(&s->expire_ns) ||
-           (p->adapter->validate && now - ld(&s->idle_since) > p->validate_ns);
-}
-
-static void timeout_message(struct leash_pool *p, int timeout_ms)
-{
-    char last[300] = "";
-    pthread_mutex_lock(&p->lock);
-    if (p->last_error[0])
-        snprintf(last, sizeof last, "; last connect error: %s", p->last_error);
-    pthread_mutex_unlock(&p->lock);
-    leash__fail(LEASH_ETIMEDOUT,
-                "pool \"%s\": no handle free within %d ms (size %u of %u, %u in use, %d "
-                "waiting)%s",
-                p->name, timeout_ms, atomic_load(&p->size), p->nslots, leash__pool_in_use(p),
-                atomic_load(&p->nwaiters), last);
-}
-
-static leash_handle *acquire_slow(struct leash_pool *p, int timeout_ms, const char *file, int line,
-                                  const char *func)
-{
-    uint64_t t0 = leash__now_ns();
+    uint64_t t0 = leash__clock_raw();
     int tmo = timeout_ms < 0 ? p->timeout_ms : timeout_ms;
     atomic_store_explicit(&p->active, 1, memory_order_relaxed);
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += tmo / 1000;
-    deadline.tv_nsec += (long)(tmo % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
-
-    struct leash_handle *s = NULL;
-    int create = 0;
-    leash_status st = LEASH_OK;
-    struct leash_waiter w = {0};
-
-    pthread_mutex_lock(&p->lock);
-    if (atomic_load(&p->closed)) {
+    struct timespec deadline = deadline_in(tmo);
+    for (;;) {
+        struct leash_waiter w;
+        memset(&w, 0, sizeof w);
+        struct leash_handle *s = NULL;
+        int got = GOT_NOTHING, fast = 0;
+        pthread_mutex_lock(&p->lock);
+        leash_status st = wait_for_slot(p, tmo, &deadline, &w, &s, &got, &fast);
         pthread_mutex_unlock(&p->lock);
-        return leash__fail_null(LEASH_ECLOSED, "pool \"%s\" is closed", p->name);
-    }
-    /* No queue: take what there is without waiting. */
-    if (!p->wait_head) {
-        s = take_idle(p);
-        if (!s) {
-            s = leash__reserve_locked(p);
-            create = s != NULL;
+        uint64_t t1 = leash__clock_raw();
+        uint64_t waited = leash__clock_ns(t0, t1);
+        if (st == LEASH_OK) {
+            if (got == GOT_IDLE && !fresh(p, s, tick()))
+                continue; /* destroyed: look again, same deadline */
+            leash_handle *h = lend(p, s, t1, waited, file, line, func);
+            on_acquire(p, h, waited, LEASH_OK);
+            return h;
         }
-    }
-    if (!s) {
-        if (p->max_waiters && atomic_load(&p->nwaiters) >= p->max_waiters) {
-            int n = atomic_load(&p->nwaiters);
-            pthread_mutex_unlock(&p->lock);
+        char state[400];
+        switch (st) {
+        case LEASH_ECLOSED:
+            leash__fail(LEASH_ECLOSED, "pool \"%s\" is %s", p->name,
+                        atomic_load(&p->draining) && !atomic_load(&p->closed) ? "draining"
+                                                                              : "closed");
+            break;
+        case LEASH_EBUSY:
             count(&p->rejected);
-            return leash__fail_null(LEASH_EBUSY,
-                                    "pool \"%s\": %d threads already waiting (max_waiters %d)",
-                                    p->name, n, p->max_waiters);
+            leash__fail(LEASH_EBUSY, "pool \"%s\": %d %s already waiting (max_waiters %d)",
+                        p->name, p->max_waiters, p->max_waiters == 1 ? "thread" : "threads",
+                        p->max_waiters);
+            break;
+        case LEASH_ECONNECT:
+            if (fast) {
+                count(&p->fast_failures);
+                leash__down_message(p, state, sizeof state);
+                leash__fail(LEASH_ECONNECT, "%s", state);
+            } else {
+                leash__fail(LEASH_ECONNECT, "%s", w.error);
+            }
+            break;
+        default:
+            count(&p->timeouts);
+            atomic_fetch_add_explicit(&p->sites[leash__site_index(p, file, line, func)].timeouts,
+                                      1, memory_order_relaxed);
+            leash__describe_state(p, state, sizeof state);
+            leash__fail(LEASH_ETIMEDOUT, "pool \"%s\": no handle free within %d ms (%s)", p->name,
+                        tmo, state);
+            break;
         }
-        pthread_condattr_t ca;
-        pthread_condattr_init(&ca);
-        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-        pthread_cond_init(&w.cond, &ca);
-        pthread_condattr_destroy(&ca);
-        if (p->wait_tail) {
-            p->wait_tail->next = &w;
-        } else {
-            p->wait_head = &w;
-            atomic_store_explicit(&p->head_since, tick(), memory_order_relaxed);
-        }
-        p->wait_tail = &w;
-        atomic_fetch_add(&p->nwaiters, 1);
-        for (;;) {
-            if (atomic_load(&p->closed)) {
-                st = LEASH_ECLOSED;
-                break;
-            }
-            if (p->wait_head == &w) {
-                s = take_idle(p);
-                if (s)
-                    break;
-                s = leash__reserve_locked(p);
-                if (s) {
-                    create = 1;
-                    break;
-                }
-            }
-            if (tmo == 0) {
-                st = LEASH_ETIMEDOUT;
-                break;
-            }
-            int rc = pthread_cond_timedwait(&w.cond, &p->lock, &deadline);
-            w.signaled = 0;
-            if (rc == ETIMEDOUT && p->wait_head != &w) {
-                st = LEASH_ETIMEDOUT;
-                break;
-            }
-            if (rc == ETIMEDOUT) {
-                /* The head gets one last look before giving up. */
-                s = take_idle(p);
-                if (!s && (s = leash__reserve_locked(p)) != NULL)
-                    create = 1;
-                if (!s && !atomic_load(&p->closed))
-                    st = LEASH_ETIMEDOUT;
-                if (s || st)
-                    break;
-            }
-        }
-        /* Leave the queue; pass the turn on if there is something to take. */
-        struct leash_waiter **pp = &p->wait_head, *prev = NULL;
-        while (*pp != &w) {
-            prev = *pp;
-            pp = &(*pp)->next;
-        }
-        *pp = w.next;
-        if (p->wait_tail == &w)
-            p->wait_tail = prev;
-        if (!prev && w.next)
-            atomic_store_explicit(&p->head_since, tick(), memory_order_relaxed);
-        atomic_fetch_sub(&p->nwaiters, 1);
-        if (p->wait_head && can_serve(p))
-            leash__signal_head_locked(p);
-        pthread_cond_destroy(&w.cond);
-    }
-    pthread_mutex_unlock(&p->lock);
-
-    uint64_t waited = leash__now_ns() - t0;
-    atomic_fetch_add_explicit(&p->wait_ns_total, waited, memory_order_relaxed);
-    count_max(&p->wait_ns_max, waited);
-
-    if (st == LEASH_ECLOSED)
-        return leash__fail_null(LEASH_ECLOSED, "pool \"%s\" was closed while waiting", p->name);
-    if (st == LEASH_ETIMEDOUT) {
-        count(&p->timeouts);
-        timeout_message(p, tmo);
+        on_acquire(p, NULL, waited, st);
         return NULL;
     }
-    uint64_t now = tick();
-    if (create) {
-        if (leash__connect_into(p, s) != LEASH_OK) {
-            leash__slot_free(p, s);
-            return NULL;
-        }
-    } else if (needs_refresh(p, s, now) && refresh(p, s, now) != LEASH_OK) {
-        return NULL;
-    }
-    if (LEASH_UNLIKELY(atomic_load(&p->closed))) {
-        leash__drop_conn(p, s);
-        leash__slot_free(p, s);
-        return leash__fail_null(LEASH_ECLOSED, "pool \"%s\" was closed while connecting", p->name);
-    }
-    lend(s, now, file, line, func);
-    return s;
 }
 
-/* Lends s, an idle slot the caller took, after checking its age. */
+/* Lends s, an idle slot the caller took, after checking it is still fit. */
 static inline leash_handle *lend_idle(struct leash_pool *p, struct leash_handle *s,
-                                      const char *file, int line, const char *func)
+                                      int timeout_ms, const char *file, int line,
+                                      const char *func)
 {
-    uint64_t now = tick();
-    if (LEASH_UNLIKELY(needs_refresh(p, s, now)) && refresh(p, s, now) != LEASH_OK)
-        return NULL;
-    lend(s, now, file, line, func);
-    return s;
+    if (LEASH_UNLIKELY(!fresh(p, s, tick())))
+        return acquire_slow(p, timeout_ms, file, line, func);
+    leash_handle *h = lend(p, s, leash__clock_raw(), 0, file, line, func);
+    if (LEASH_UNLIKELY(atomic_load_explicit(&p->hooks, memory_order_relaxed) != NULL))
+        on_acquire(p, h, 0, LEASH_OK);
+    return h;
 }
 
 leash_handle *leash_acquire_at(leash_pool *p, int timeout_ms, const char *file, int line,
@@ -345,11 +326,11 @@ leash_handle *leash_acquire_at(leash_pool *p, int timeout_ms, const char *file, 
         return leash__fail_null(LEASH_EINVAL,
                                 "leash_acquire: timeout_ms %d (use -1, 0 or a positive value)",
                                 timeout_ms);
-    if (LEASH_UNLIKELY(ld(&p->fork_gen) !=
-                       atomic_load_explicit(&leash__fork_gen, memory_order_relaxed)))
-        leash__after_fork();
-    if (LEASH_UNLIKELY(atomic_load_explicit(&p->closed, memory_order_relaxed)))
-        return leash__fail_null(LEASH_ECLOSED, "pool \"%s\" is closed", p->name);
+    fork_check(p);
+    if (LEASH_UNLIKELY(atomic_load_explicit(&p->closed, memory_order_relaxed) ||
+                       atomic_load_explicit(&p->draining, memory_order_relaxed)))
+        return leash__fail_null(LEASH_ECLOSED, "pool \"%s\" is %s", p->name,
+                                atomic_load(&p->closed) ? "closed" : "draining");
     if (!file)
         file = "?";
     if (!func)
@@ -360,22 +341,20 @@ leash_handle *leash_acquire_at(leash_pool *p, int timeout_ms, const char *file, 
     if (s && ce->epoch == atomic_load_explicit(&leash__epoch, memory_order_relaxed) &&
         s->pool == p) {
         ce->slot = NULL;
-        int expect = SLOT_CACHED;
-        if (LEASH_LIKELY(atomic_compare_exchange_strong_explicit(
-                &s->state, &expect, SLOT_RETURNING, memory_order_acquire, memory_order_relaxed)))
-            return lend_idle(p, s, file, line, func);
+        if (LEASH_LIKELY(slot_cas(s, SLOT_CACHED, SLOT_RETURNING)))
+            return lend_idle(p, s, timeout_ms, file, line, func);
     }
     /* Threads not yet queued may take an idle handle while the first waiter has waited
      * less than BARGE_NS: a thread that just released keeps running instead of sleeping
      * behind the queue (no convoy). Past that, newcomers queue up behind it (no
      * starvation). Waiters themselves are always served in arrival order. */
     if (LEASH_LIKELY(atomic_load_explicit(&p->nwaiters, memory_order_relaxed) == 0 ||
-                     tick() - ld(&p->head_since) < BARGE_NS)) {
+                     leash__clock_ns(ld(&p->head_since), leash__clock_raw()) < BARGE_NS)) {
         if (LEASH_UNLIKELY(!atomic_load_explicit(&p->active, memory_order_relaxed)))
             atomic_store_explicit(&p->active, 1, memory_order_relaxed);
         s = stack_pop(p);
         if (LEASH_LIKELY(s != NULL))
-            return lend_idle(p, s, file, line, func);
+            return lend_idle(p, s, timeout_ms, file, line, func);
     }
     return acquire_slow(p, timeout_ms, file, line, func);
 }
@@ -386,7 +365,7 @@ static const char *state_name(int st)
 {
     switch (st) {
     case SLOT_EMPTY:
-        return "empty";
+        return "not lent";
     case SLOT_CONNECTING:
         return "connecting";
     case SLOT_IDLE:
@@ -401,53 +380,62 @@ static const char *state_name(int st)
     }
 }
 
-/* A call on a handle that is not checked out: counted, logged once per borrow site,
- * strict mode aborts. */
-static void misuse(struct leash_handle *s, const char *what)
+/* A call with a handle value that does not name a current borrow: counted at the stale
+ * borrow's site when known, logged once per site, strict mode aborts naming both borrows. */
+static void misuse(struct leash_handle *s, const leash_handle *h, const char *what)
 {
     struct leash_pool *p = s->pool;
+    uint64_t w = slot_word(s);
+    int st = w_state(w);
+    uint64_t borrow = w_borrow(w);
+    int current = h_names(h, borrow) && st == SLOT_HELD;
+    const char *file = NULL, *func = NULL;
+    int line = 0;
+    const char *age = "";
+    if (h_names(h, borrow)) { /* the slot's last borrow, ended */
+        file = atomic_load_explicit(&s->file, memory_order_relaxed);
+        func = atomic_load_explicit(&s->func, memory_order_relaxed);
+        line = atomic_load_explicit(&s->line, memory_order_relaxed);
+    } else if (borrow && h_names(h, borrow - 1)) { /* the one before the current borrow */
+        file = atomic_load_explicit(&s->prev_file, memory_order_relaxed);
+        func = atomic_load_explicit(&s->prev_func, memory_order_relaxed);
+        line = atomic_load_explicit(&s->prev_line, memory_order_relaxed);
+    } else {
+        age = " (an older borrow)";
+    }
     count(&p->misuse);
-    leash__count_problem(p, s, PROB_MISUSE);
-    char msg[200];
-    snprintf(msg, sizeof msg, "%s (the handle is %s)", what, state_name(atomic_load(&s->state)));
+    leash__count_problem(p, file, line, func, PROB_MISUSE);
+    char msg[400];
+    if (file)
+        snprintf(msg, sizeof msg, "%s: the handle's borrow at %s:%d in %s() has ended", what,
+                 file, line, func ? func : "?");
+    else
+        snprintf(msg, sizeof msg, "%s: the handle's borrow has ended%s", what, age);
+    if (!current && st == SLOT_HELD) {
+        size_t n = strlen(msg);
+        snprintf(msg + n, sizeof msg - n, "; its connection is now lent to another borrow");
+    } else if (!current) {
+        size_t n = strlen(msg);
+        snprintf(msg + n, sizeof msg - n, " (the connection is %s)", state_name(st));
+    }
     if (leash__is_strict())
-        leash__strict_abort(p, s, msg);
-    const char *file = atomic_load_explicit(&s->file, memory_order_relaxed);
-    int line = atomic_load_explicit(&s->line, memory_order_relaxed);
-    const char *func = atomic_load_explicit(&s->func, memory_order_relaxed);
+        leash__strict_abort(p, st == SLOT_HELD && !current ? s : NULL, msg);
     leash__log_once(file ? (const void *)file : (const void *)s, line, LEASH_LOG_WARN,
-                    "pool \"%s\": misuse: %s; last borrowed at %s:%d in %s()", p->name, msg,
-                    file ? file : "?", line, func ? func : "?");
+                    "pool \"%s\": misuse: %s", p->name, msg);
     leash__fail(LEASH_EMISUSE, "pool \"%s\": %s", p->name, msg);
-}
-
-static int valid_slot(struct leash_handle *s)
-{
-    return s->magic == LEASH_SLOT_MAGIC && s->pool && s->pool->magic == LEASH_POOL_MAGIC;
 }
 
 /* A handle released after its pool closed: the borrow was counted at close. */
 static void late_after_close(struct leash_handle *s)
 {
-    int expect = SLOT_ORPHANED;
-    if (!atomic_compare_exchange_strong(&s->state, &expect, SLOT_RETURNING))
+    if (!slot_cas(s, SLOT_ORPHANED, SLOT_RETURNING))
         return;
-    struct leash_pool *p = s->pool;
-    leash__drop_conn(p, s);
-    leash__slot_free(p, s);
+    leash__retire(s->pool, s, GONE_CLOSED);
 }
 
-/* Destroys s's connection and frees the slot. */
-static void drop_slot(struct leash_pool *p, struct leash_handle *s)
+void leash__push_idle(struct leash_pool *p, struct leash_handle *s)
 {
-    leash__drop_conn(p, s);
-    leash__slot_free(p, s);
-}
-
-/* An idle slot the caller owns goes back on the stack; a waiter is woken. */
-static void push_idle(struct leash_pool *p, struct leash_handle *s)
-{
-    atomic_store_explicit(&s->state, SLOT_IDLE, memory_order_relaxed);
+    slot_set(s, SLOT_IDLE);
     stack_push(p, s);
     if (atomic_load(&p->nwaiters) != 0)
         leash__wake_head(p);
@@ -460,99 +448,149 @@ static inline void cache_put(struct leash_pool *p, struct leash_handle *s)
     struct leash_cache_entry *ce = &leash__t_cache[p->id % LEASH_CACHE_WAYS];
     uint64_t epoch = atomic_load_explicit(&leash__epoch, memory_order_relaxed);
     struct leash_handle *old = ce->epoch == epoch ? ce->slot : NULL;
-    atomic_store(&s->state, SLOT_CACHED);
+    /* seq_cst: ordered before the nwaiters load below (pairs with the seq_cst increment in
+     * leash__wait_enqueue_locked: a waiter that queued either sees s CACHED when it
+     * steals, or we see it waiting) */
+    uint64_t w = atomic_load_explicit(&s->word, memory_order_relaxed);
+    atomic_store_explicit(&s->word, w_make(w_borrow(w), SLOT_CACHED), memory_order_seq_cst);
     ce->slot = s;
     ce->epoch = epoch;
-    if (old) {
-        int expect = SLOT_CACHED;
-        if (atomic_compare_exchange_strong(&old->state, &expect, SLOT_RETURNING))
-            push_idle(old->pool, old);
-    }
+    if (old && slot_cas(old, SLOT_CACHED, SLOT_RETURNING))
+        leash__push_idle(old->pool, old);
     /* A thread that started waiting meanwhile may have missed s: give it to the stack. */
     if (LEASH_UNLIKELY(atomic_load(&p->nwaiters) != 0)) {
-        int expect = SLOT_CACHED;
-        if (atomic_compare_exchange_strong(&s->state, &expect, SLOT_RETURNING)) {
+        if (slot_cas(s, SLOT_CACHED, SLOT_RETURNING)) {
             ce->slot = NULL;
-            push_idle(p, s);
+            leash__push_idle(p, s);
         } else {
             leash__wake_head(p);
         }
     }
 }
 
-/* Ends the borrow of s (state RETURNING, owned by the caller). */
+static void dirty_return(struct leash_pool *p, struct leash_handle *s, int r, int how)
+{
+    const char *file = atomic_load_explicit(&s->file, memory_order_relaxed);
+    int line = atomic_load_explicit(&s->line, memory_order_relaxed);
+    const char *func = atomic_load_explicit(&s->func, memory_order_relaxed);
+    count(&p->dirty_returns);
+    leash__count_problem(p, file, line, func, PROB_DIRTY);
+    if (leash__is_strict() && how == END_RELEASE)
+        leash__strict_abort(p, s,
+                            r == LEASH_RESET_CLEANED
+                                ? "returned dirty (state left behind; cleaned)"
+                                : "returned dirty (state left behind; destroyed)");
+    leash__log_once(file, line, LEASH_LOG_WARN,
+                    "pool \"%s\": handle borrowed at %s:%d in %s() was returned dirty; %s",
+                    p->name, file, line, func,
+                    r == LEASH_RESET_CLEANED ? "cleaned" : "destroyed");
+}
+
+/* Ends the borrow of s (RETURNING, owned by the caller). */
 static inline __attribute__((always_inline)) void give_back(struct leash_pool *p,
                                                             struct leash_handle *s, int how)
 {
-    uint64_t now = tick();
-    uint64_t since = ld(&s->since_ns);
-    uint64_t held = now > since ? now - since : 0;
+    uint64_t held = leash__clock_ns(ld(&s->since), leash__clock_raw());
     own_inc(&s->hold_ns_total, held);
-    if (held > ld(&s->hold_ns_max))
-        atomic_store_explicit(&s->hold_ns_max, held, memory_order_relaxed);
-    if (LEASH_UNLIKELY(ld(&s->suspected) == ld(&s->acquired)))
+    own_max(&s->hold_ns_max, held);
+    own_inc(&s->hist_hold[leash__hist_bucket(held)], 1);
+    own_inc(&s->acc_hold_total, held);
+    own_max(&s->acc_hold_max, held);
+    uint64_t borrow = w_borrow(atomic_load_explicit(&s->word, memory_order_relaxed));
+    if (LEASH_UNLIKELY(ld(&s->suspected) == borrow))
         count(&p->returned_late);
+    atomic_store_explicit(&s->prev_file, atomic_load_explicit(&s->file, memory_order_relaxed),
+                          memory_order_relaxed);
+    atomic_store_explicit(&s->prev_func, atomic_load_explicit(&s->func, memory_order_relaxed),
+                          memory_order_relaxed);
+    atomic_store_explicit(&s->prev_line, atomic_load_explicit(&s->line, memory_order_relaxed),
+                          memory_order_relaxed);
 
     if (how == END_DISCARD) {
         count(&p->discarded);
-        drop_slot(p, s);
+        leash__retire(p, s, GONE_BROKEN);
         return;
     }
     if (how == END_RELEASE) {
         own_inc(&s->released, 1);
+        const struct leash_hooks_box *hb = atomic_load_explicit(&p->hooks, memory_order_relaxed);
+        if (LEASH_UNLIKELY(hb != NULL)) {
+            hb = pool_hooks(p);
+            if (hb->hooks.on_release)
+                hb->hooks.on_release(p, h_make(s, borrow), held, hb->arg);
+        }
     } else {
+        const char *file = atomic_load_explicit(&s->file, memory_order_relaxed);
         count(&p->leaks_reclaimed);
-        leash__count_problem(p, s, PROB_RECLAIMED);
+        leash__count_problem(p, file, atomic_load_explicit(&s->line, memory_order_relaxed),
+                             atomic_load_explicit(&s->func, memory_order_relaxed),
+                             PROB_RECLAIMED);
     }
 
-    if (LEASH_UNLIKELY(atomic_load_explicit(&s->broken, memory_order_relaxed) ||
+    int retire = atomic_load_explicit(&s->retire, memory_order_relaxed);
+    if (LEASH_UNLIKELY(retire || atomic_load_explicit(&s->broken, memory_order_relaxed) ||
                        s->conn_gen !=
                            atomic_load_explicit(&leash__fork_gen, memory_order_relaxed) ||
-                       atomic_load_explicit(&p->closed, memory_order_relaxed))) {
-        drop_slot(p, s);
+                       s->conn_epoch != ld(&p->evict_epoch) ||
+                       atomic_load_explicit(&p->closed, memory_order_relaxed) ||
+                       atomic_load_explicit(&p->size, memory_order_relaxed) >
+                           atomic_load_explicit(&p->nslots, memory_order_relaxed))) {
+        int why = retire                                    ? retire - 1
+                  : atomic_load(&s->broken)                 ? GONE_BROKEN
+                  : s->conn_gen != atomic_load(&leash__fork_gen) || atomic_load(&p->closed)
+                      ? GONE_CLOSED
+                      : GONE_EVICTED; /* evicted, or surplus after a shrink */
+        leash__retire(p, s, why);
         return;
     }
     if (p->adapter->reset) {
         int r = p->adapter->reset(p->ctx, s->conn);
         if (LEASH_UNLIKELY(r != LEASH_RESET_CLEAN)) {
-            if (r == LEASH_RESET_CLEANED || r == LEASH_RESET_DIRTY) {
-                count(&p->dirty_returns);
-                leash__count_problem(p, s, PROB_DIRTY);
-                if (leash__is_strict() && how == END_RELEASE)
-                    leash__strict_abort(p, s,
-                                        r == LEASH_RESET_CLEANED
-                                            ? "returned dirty (state left behind; cleaned)"
-                                            : "returned dirty (state left behind; destroyed)");
-                const char *file = atomic_load_explicit(&s->file, memory_order_relaxed);
-                int line = atomic_load_explicit(&s->line, memory_order_relaxed);
-                leash__log_once(file, line, LEASH_LOG_WARN,
-                                "pool \"%s\": handle borrowed at %s:%d in %s() was returned "
-                                "dirty; %s",
-                                p->name, file, line,
-                                atomic_load_explicit(&s->func, memory_order_relaxed),
-                                r == LEASH_RESET_CLEANED ? "cleaned" : "destroyed");
-            }
+            if (r == LEASH_RESET_CLEANED || r == LEASH_RESET_DIRTY)
+                dirty_return(p, s, r, how);
             if (r != LEASH_RESET_CLEANED) {
-                drop_slot(p, s);
+                leash__retire(p, s, r == LEASH_RESET_DIRTY ? GONE_DIRTY : GONE_BROKEN);
                 return;
             }
         }
     }
-    atomic_store_explicit(&s->idle_since, now, memory_order_relaxed);
-    if (LEASH_LIKELY(atomic_load_explicit(&p->nwaiters, memory_order_relaxed) == 0)) {
+    atomic_store_explicit(&s->idle_since, tick(), memory_order_relaxed);
+    if (LEASH_LIKELY(atomic_load_explicit(&p->nwaiters, memory_order_relaxed) == 0))
         cache_put(p, s);
-    } else {
-        push_idle(p, s);
-    }
+    else
+        leash__push_idle(p, s);
     if (LEASH_UNLIKELY(atomic_load(&p->closed)))
         leash__pool_destroy_orphans(p);
 }
 
-/* Claims s for ending its borrow: 1 if the caller now owns it. */
-static int claim(struct leash_handle *s)
+/* The slot h names, or NULL (not a leash handle: EINVAL recorded). */
+static inline struct leash_handle *slot_of(const leash_handle *h, const char *fn)
 {
-    int expect = SLOT_HELD;
-    return atomic_compare_exchange_strong_explicit(&s->state, &expect, SLOT_RETURNING,
+    struct leash_handle *s = h_slot(h);
+    if (LEASH_UNLIKELY(!valid_slot(s))) {
+        leash__log_once(fn, 0, LEASH_LOG_ERROR, "%s: not a leash handle (ignored)", fn);
+        leash__fail(LEASH_EINVAL, "%s: not a leash handle", fn);
+        return NULL;
+    }
+    fork_check(s->pool);
+    return s;
+}
+
+/* A handle borrowed before a fork, in the child: its connection was abandoned. */
+static inline int pre_fork(struct leash_handle *s, const leash_handle *h)
+{
+    uint64_t b = ld(&s->pre_fork);
+    return LEASH_UNLIKELY(b != 0) && h_names(h, b);
+}
+
+/* Claims the borrow h names for ending it: 1 if the caller now owns the slot. */
+static inline int claim(struct leash_handle *s, const leash_handle *h)
+{
+    uint64_t w = slot_word(s);
+    if (w_state(w) != SLOT_HELD || !h_names(h, w_borrow(w)))
+        return 0;
+    /* acquire: the borrower's writes to the connection happen before our reset */
+    return atomic_compare_exchange_strong_explicit(&s->word, &w, w_make(w_borrow(w), SLOT_RETURNING),
                                                    memory_order_acquire, memory_order_relaxed);
 }
 
@@ -561,24 +599,26 @@ static inline __attribute__((always_inline)) void end_borrow(leash_handle **hp, 
 {
     if (!hp || !*hp)
         return;
-    struct leash_handle *s = *hp;
+    leash_handle *h = *hp;
     *hp = NULL;
-    if (LEASH_UNLIKELY(!valid_slot(s))) {
-        leash__log_once(fn, 0, LEASH_LOG_ERROR, "%s: not a leash handle (ignored)", fn);
-        leash__fail(LEASH_EINVAL, "%s: not a leash handle", fn);
+    struct leash_handle *s = slot_of(h, fn);
+    if (LEASH_UNLIKELY(!s))
+        return;
+    if (LEASH_LIKELY(claim(s, h))) {
+        give_back(s->pool, s, how);
         return;
     }
-    if (LEASH_UNLIKELY(!claim(s))) {
-        if (atomic_load(&s->state) == SLOT_ORPHANED) {
-            late_after_close(s);
-            return;
-        }
-        misuse(s, how == END_DISCARD ? "discard of a handle that is not checked out"
-                                     : "release of a handle that is not checked out "
-                                       "(double release?)");
+    uint64_t w = slot_word(s);
+    if (w_state(w) == SLOT_ORPHANED && h_names(h, w_borrow(w))) {
+        late_after_close(s);
         return;
     }
-    give_back(s->pool, s, how);
+    if (pre_fork(s, h))
+        return; /* in a forked child: nothing to send, nothing to count */
+    misuse(s, h,
+           how == END_DISCARD ? "discard of a handle that is not checked out"
+                              : "release of a handle that is not checked out (double release, "
+                                "or a stale copy)");
 }
 
 void leash_release(leash_handle **h)
@@ -591,27 +631,32 @@ void leash_discard(leash_handle **h)
     end_borrow(h, END_DISCARD, "leash_discard");
 }
 
-/* The guards act only on a handle this thread still holds: one released through a copy
- * (even if its slot was lent again since) is left alone. */
-static int held_here(struct leash_handle *s)
-{
-    return valid_slot(s) && atomic_load(&s->state) == SLOT_HELD &&
-           atomic_load_explicit(&s->tid, memory_order_relaxed) == leash__tid();
-}
-
-/* What a guard finds at scope exit: the handle if this thread still holds it, else NULL
- * (nothing to do; one orphaned by a close is destroyed here). */
+/* What a guard finds at scope exit: the slot if h still names the borrow this thread holds,
+ * else NULL (nothing to do: released, also through a copy; one orphaned by a close is
+ * destroyed here). */
 static struct leash_handle *guarded(leash_handle **hp)
 {
     if (!hp || !*hp)
         return NULL;
-    struct leash_handle *s = *hp;
-    if (valid_slot(s) && atomic_load(&s->state) == SLOT_ORPHANED) {
+    leash_handle *h = *hp;
+    struct leash_handle *s = h_slot(h);
+    if (!valid_slot(s)) {
+        *hp = NULL;
+        return NULL;
+    }
+    fork_check(s->pool);
+    uint64_t w = slot_word(s);
+    if (!h_names(h, w_borrow(w))) {
+        *hp = NULL; /* a stale value: its borrow ended through a copy */
+        return NULL;
+    }
+    if (w_state(w) == SLOT_ORPHANED) {
         *hp = NULL;
         late_after_close(s);
         return NULL;
     }
-    if (!held_here(s)) {
+    if (w_state(w) != SLOT_HELD ||
+        atomic_load_explicit(&s->tid, memory_order_relaxed) != leash__tid()) {
         *hp = NULL;
         return NULL;
     }
@@ -620,6 +665,7 @@ static struct leash_handle *guarded(leash_handle **hp)
 
 void leash__guard_check(leash_handle **hp)
 {
+    leash_handle *h = hp ? *hp : NULL;
     struct leash_handle *s = guarded(hp);
     if (!s)
         return;
@@ -627,7 +673,7 @@ void leash__guard_check(leash_handle **hp)
     struct leash_pool *p = s->pool;
     if (leash__is_strict())
         leash__strict_abort(p, s, "handle still held at scope exit (LEASH_GUARD): leaked");
-    if (!claim(s))
+    if (!claim(s, h))
         return;
     const char *file = atomic_load_explicit(&s->file, memory_order_relaxed);
     int line = atomic_load_explicit(&s->line, memory_order_relaxed);
@@ -646,28 +692,35 @@ void leash__guard_release(leash_handle **hp)
 
 /* ---- handle accessors ---- */
 
-void *leash_conn(leash_handle *s)
+/* s's connection if h names its current borrow (held, or orphaned by a close). */
+static inline void *conn_if_current(struct leash_handle *s, const leash_handle *h)
 {
-    if (!s)
-        return leash__fail_null(LEASH_EINVAL, "leash_conn: handle is NULL");
-    if (!valid_slot(s))
-        return leash__fail_null(LEASH_EINVAL, "leash_conn: not a leash handle");
-    int st = atomic_load_explicit(&s->state, memory_order_acquire);
-    if (LEASH_LIKELY(st == SLOT_HELD || st == SLOT_ORPHANED))
+    uint64_t w = slot_word(s);
+    int st = w_state(w);
+    if (LEASH_LIKELY((st == SLOT_HELD || st == SLOT_ORPHANED) && h_names(h, w_borrow(w))))
         return s->conn;
-    misuse(s, "use of a handle that is not checked out");
+    misuse(s, h,
+           pre_fork(s, h) ? "use of a handle borrowed before fork() (its connection belongs to "
+                            "the parent)"
+                          : "use of a handle that is not checked out");
     return NULL;
 }
 
-void *leash_conn_of(leash_handle *s, const leash_adapter *adapter)
+void *leash_conn(leash_handle *h)
 {
+    if (!h)
+        return leash__fail_null(LEASH_EINVAL, "leash_conn: handle is NULL");
+    struct leash_handle *s = slot_of(h, "leash_conn");
+    return s ? conn_if_current(s, h) : NULL;
+}
+
+void *leash_conn_of(leash_handle *h, const leash_adapter *adapter)
+{
+    struct leash_handle *s = h ? h_slot(h) : NULL;
     if (!s || !valid_slot(s) || !adapter || s->pool->adapter != adapter)
         return NULL;
-    int st = atomic_load_explicit(&s->state, memory_order_acquire);
-    if (LEASH_LIKELY(st == SLOT_HELD || st == SLOT_ORPHANED))
-        return s->conn;
-    misuse(s, "use of a handle that is not checked out");
-    return NULL;
+    fork_check(s->pool);
+    return conn_if_current(s, h);
 }
 
 void *leash__held_conn(leash_handle *h, const leash_adapter *a, const char *fn, const char *kind)
@@ -680,16 +733,25 @@ void *leash__held_conn(leash_handle *h, const leash_adapter *a, const char *fn, 
     return c;
 }
 
-void leash_mark_broken(leash_handle *s)
+void leash_mark_broken(leash_handle *h)
 {
+    struct leash_handle *s = h ? h_slot(h) : NULL;
     if (!s || !valid_slot(s))
         return;
-    int st = atomic_load(&s->state);
-    if (st == SLOT_HELD || st == SLOT_ORPHANED)
+    fork_check(s->pool);
+    uint64_t w = slot_word(s);
+    int st = w_state(w);
+    if ((st == SLOT_HELD || st == SLOT_ORPHANED) && h_names(h, w_borrow(w))) {
         atomic_store_explicit(&s->broken, 1, memory_order_relaxed);
+        return;
+    }
+    if (pre_fork(s, h))
+        return;
+    misuse(s, h, "leash_mark_broken of a handle that is not checked out");
 }
 
-leash_pool *leash_handle_pool(leash_handle *s)
+leash_pool *leash_handle_pool(leash_handle *h)
 {
+    struct leash_handle *s = h ? h_slot(h) : NULL;
     return s && valid_slot(s) ? s->pool : NULL;
 }

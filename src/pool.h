@@ -1,65 +1,62 @@
-/* Internal to the pool modules (pool.c, lifecycle.c): counters, the pools' clock, the
- * lock-free idle stack, and the connection and slot operations both use. */
+/* Internal to the pool modules: the idle stack and the per-thread cache (inline, on the fast
+ * path), and the functions the modules call across each other.
+ *
+ *   slot.h       the slot, its states and the handle values (who owns what, when)
+ *   pool.c       acquire and release: the fast path, the waiting protocol, guards, accessors
+ *   wait.c       the waiters' queue (pool lock held)
+ *   connect.c    connects: jobs on leash's own threads, backoff while the backend is down
+ *   control.c    evict, retarget, resize, drain, health, hooks
+ *   lifecycle.c  open, close, free, the fork fix-up, maintenance (keepalive, expiry, min_idle)
+ *   sites.c      per-site numbers and histograms */
 #ifndef LEASH_POOL_H
 #define LEASH_POOL_H
 
 #include "core.h"
-
-static inline uint64_t ld(_Atomic uint64_t *a)
-{
-    return atomic_load_explicit(a, memory_order_relaxed);
-}
-
-/* Owner-only counter: the slot's owner is the only writer, so no read-modify-write. */
-static inline void own_inc(_Atomic uint64_t *a, uint64_t by)
-{
-    atomic_store_explicit(a, ld(a) + by, memory_order_relaxed);
-}
 
 static inline uint64_t tick(void)
 {
     return atomic_load_explicit(&leash__tick, memory_order_relaxed);
 }
 
-static inline void count(_Atomic uint64_t *a)
-{
-    atomic_fetch_add_explicit(a, 1, memory_order_relaxed);
-}
+/* ---- the idle stack: a Treiber stack over slot indexes; head = (tag << 16) | (index + 1),
+ * the 48-bit tag moves on at every pop and push, so a stale head cannot win a CAS (ABA) ---- */
 
-static inline void count_max(_Atomic uint64_t *a, uint64_t v)
-{
-    uint64_t cur = ld(a);
-    while (v > cur && !atomic_compare_exchange_weak_explicit(a, &cur, v, memory_order_relaxed,
-                                                             memory_order_relaxed))
-        ;
-}
-
-/* ---- the idle stack (Treiber stack over slot indexes, tagged against ABA) ---- */
+#define STACK_IDX(h) ((uint32_t)((h)&0xffff))
+#define STACK_NEXT(h, idx) (((((h) >> 16) + 1) << 16) | (uint64_t)(idx))
 
 static inline struct leash_handle *stack_pop(struct leash_pool *p)
 {
-    uint64_t old = atomic_load_explicit(&p->head, memory_order_seq_cst);
+    /* acquire: pairs with the release CAS in stack_push, so s->next and the slot's fields
+     * written before the push are visible */
+    uint64_t old = atomic_load_explicit(&p->head, memory_order_acquire);
     for (;;) {
-        uint32_t idx = (uint32_t)old;
+        uint32_t idx = STACK_IDX(old);
         if (!idx)
             return NULL;
-        struct leash_handle *s = &p->slots[idx - 1];
+        struct leash_handle *s = slot_at(p, idx - 1);
         uint32_t next = atomic_load_explicit(&s->next, memory_order_relaxed);
-        uint64_t nw = (((old >> 32) + 1) << 32) | next;
-        if (atomic_compare_exchange_weak_explicit(&p->head, &old, nw, memory_order_acq_rel,
-                                                  memory_order_acquire))
+        if (atomic_compare_exchange_weak_explicit(&p->head, &old, STACK_NEXT(old, next),
+                                                  memory_order_acquire, memory_order_acquire)) {
+            /* IDLE -> RETURNING: we own it now (nobody else can reach it off the stack) */
+            slot_set(s, SLOT_RETURNING);
             return s;
+        }
     }
 }
 
+/* s (IDLE, owned by the caller until this returns) goes on the stack. */
 static inline void stack_push(struct leash_pool *p, struct leash_handle *s)
 {
+    assert(slot_state(s) == SLOT_IDLE);
     uint64_t old = atomic_load_explicit(&p->head, memory_order_relaxed);
     for (;;) {
-        atomic_store_explicit(&s->next, (uint32_t)old, memory_order_relaxed);
-        uint64_t nw = (((old >> 32) + 1) << 32) | (s->index + 1);
-        if (atomic_compare_exchange_weak_explicit(&p->head, &old, nw, memory_order_seq_cst,
-                                                  memory_order_relaxed))
+        atomic_store_explicit(&s->next, STACK_IDX(old), memory_order_relaxed);
+        /* release: publishes s->next and the slot (pairs with the acquire in stack_pop);
+         * seq_cst so a thread that then reads nwaiters == 0 and skips the wake-up is ordered
+         * against a waiter that queued and then looked at the stack (pairs with the seq_cst
+         * nwaiters increment in acquire_slow) */
+        if (atomic_compare_exchange_weak_explicit(&p->head, &old, STACK_NEXT(old, s->index + 1),
+                                                  memory_order_seq_cst, memory_order_relaxed))
             return;
     }
 }
@@ -67,34 +64,86 @@ static inline void stack_push(struct leash_pool *p, struct leash_handle *s)
 /* Takes an idle slot that sits in some thread's cache, or NULL. Lock-free. */
 static inline struct leash_handle *steal_cached(struct leash_pool *p)
 {
-    for (uint32_t i = 0; i < p->nslots; i++) {
-        struct leash_handle *s = &p->slots[i];
-        int expect = SLOT_CACHED;
-        if (atomic_load_explicit(&s->state, memory_order_relaxed) == SLOT_CACHED &&
-            atomic_compare_exchange_strong(&s->state, &expect, SLOT_RETURNING))
+    FOR_EACH_SLOT(p, s)
+    {
+        if (w_state(atomic_load_explicit(&s->word, memory_order_relaxed)) == SLOT_CACHED &&
+            slot_cas(s, SLOT_CACHED, SLOT_RETURNING))
             return s;
     }
     return NULL;
 }
 
-/* Takes an idle slot: the top of the stack, else one from a thread's cache. */
+/* Takes an idle slot: the top of the stack, else one from a thread's cache. The caller owns
+ * it (RETURNING). */
 static inline struct leash_handle *take_idle(struct leash_pool *p)
 {
     struct leash_handle *s = stack_pop(p);
     return s ? s : steal_cached(p);
 }
 
-/* Connects into s, which the caller owns (CONNECTING). Returns LEASH_OK or records the
- * failure (pool lock not held). */
-leash_status leash__connect_into(struct leash_pool *p, struct leash_handle *s);
-/* Drops s's connection: destroyed, or abandoned if it was made before a fork. */
-void leash__drop_conn(struct leash_pool *p, struct leash_handle *s);
-/* s (owned by the caller, connection dropped) becomes EMPTY; the first waiter is woken. */
-void leash__slot_free(struct leash_pool *p, struct leash_handle *s);
-/* Reserves an EMPTY slot for a new connection (pool lock held), or NULL at capacity. */
-struct leash_handle *leash__reserve_locked(struct leash_pool *p);
-/* Wakes the first waiter, if it is not already woken (pool lock held / not held). */
+/* ---- pool.c ---- */
+/* An idle slot the caller owns goes back on the stack; the first waiter is woken. */
+void leash__push_idle(struct leash_pool *p, struct leash_handle *s);
+uint32_t leash__rand(struct leash_pool *p);
+
+/* ---- wait.c (pool lock held unless said) ---- */
 void leash__signal_head_locked(struct leash_pool *p);
-void leash__wake_head(struct leash_pool *p);
+void leash__wake_head(struct leash_pool *p); /* takes the lock */
+void leash__wake_all_locked(struct leash_pool *p);
+void leash__wait_enqueue_locked(struct leash_pool *p, struct leash_waiter *w);
+void leash__wait_leave_locked(struct leash_pool *p, struct leash_waiter *w);
+/* Gives s (a new connection, RETURNING, owned by the caller) to the first waiter that has
+ * none yet: 1 if one took it. */
+int leash__wait_give_locked(struct leash_pool *p, struct leash_handle *s);
+/* Wakes the first waiter that has no connect of its own running (capacity or a connect slot
+ * came free: it may start one). */
+void leash__wait_kick_locked(struct leash_pool *p);
+
+/* ---- connect.c ---- */
+/* Starts a connect into a free slot on a thread of leash's own, if the pool may: below
+ * max_size, below max_connecting, and, while the backend is down, one probe at a time after
+ * the backoff. requester (may be NULL) is told if it fails. Pool lock held. Returns 1 if a
+ * connect started, 0 if not allowed now, -1 if it could not start (recorded; the requester's
+ * error is set). */
+int leash__connect_start_locked(struct leash_pool *p, struct leash_waiter *requester);
+/* The waiter leaves: its connect, if still running, no longer reports to it. Pool lock held. */
+void leash__connect_orphan_locked(struct leash_pool *p, struct leash_waiter *w);
+/* The pool is down: two connects in a row failed and backoff is on. */
+static inline int pool_down(const struct leash_pool *p)
+{
+    return atomic_load_explicit(&((struct leash_pool *)p)->down_since_ns, memory_order_relaxed) !=
+           0;
+}
+/* Drops s's connection (destroyed, or abandoned if made before a fork), counted under why
+ * (GONE_*). s is owned by the caller. */
+void leash__drop_conn(struct leash_pool *p, struct leash_handle *s, int why);
+/* s (owned by the caller, connection dropped) becomes EMPTY; its capacity goes to the
+ * first waiter. */
+void leash__slot_free(struct leash_pool *p, struct leash_handle *s);
+/* drop_conn + slot_free. */
+void leash__retire(struct leash_pool *p, struct leash_handle *s, int why);
+/* Reserves an EMPTY slot (pool lock held), allocating a segment if needed; NULL at capacity
+ * or out of memory. */
+struct leash_handle *leash__reserve_locked(struct leash_pool *p);
+/* Describes the pool's state for an error message: in use by whom, connects in flight, the
+ * last connect error. */
+void leash__describe_state(struct leash_pool *p, char *out, size_t outlen);
+/* The message of a fast failure while the backend is down. */
+void leash__down_message(struct leash_pool *p, char *out, size_t outlen);
+
+/* ---- hooks ---- */
+static inline const struct leash_hooks_box *pool_hooks(struct leash_pool *p)
+{
+    /* acquire: pairs with the release store in leash_pool_set_hooks */
+    return atomic_load_explicit(&p->hooks, memory_order_acquire);
+}
+void leash__hook_destroy(struct leash_pool *p, int why);
+
+/* ---- lifecycle.c ---- */
+/* A new target record for t (copied), with its password-free description; NULL when out of
+ * memory. */
+struct leash_target *leash__target_new(struct leash_pool *p, const char *t);
+/* The per-slot initialisation of a new segment. */
+void leash__slots_init(struct leash_pool *p, struct leash_handle *seg, uint32_t first);
 
 #endif /* LEASH_POOL_H */

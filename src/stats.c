@@ -1,6 +1,8 @@
 /* Stats: counters, the text / JSON / Prometheus dumps (async-signal-safe), leak reports and
  * the strict-mode report. Nothing here takes a lock or allocates. */
-#include "core.h"
+#include "pool.h"
+
+#include <stddef.h>
 
 #include <errno.h>
 #include <pthread.h>
@@ -173,38 +175,44 @@ static uint64_t now_coarse(void)
 
 /* ---- gathering (lock-free reads) ---- */
 
-uint32_t leash__pool_in_use(const struct leash_pool *p)
-{
-    uint32_t n = 0;
-    for (uint32_t i = 0; i < p->nslots; i++)
-        n += atomic_load_explicit(&p->slots[i].state, memory_order_relaxed) == SLOT_HELD;
-    return n;
-}
-
 static void gather(struct leash_pool *p, leash_pool_stats *st)
 {
     memset(st, 0, sizeof *st);
     st->name = p->name;
     st->kind = p->adapter->kind;
-    st->max_size = p->nslots;
+    st->max_size = atomic_load(&p->nslots);
     st->size = atomic_load(&p->size);
     st->waiting = (uint32_t)atomic_load(&p->nwaiters);
-    for (uint32_t i = 0; i < p->nslots; i++) {
-        struct leash_handle *s = &p->slots[i];
-        int state = atomic_load_explicit(&s->state, memory_order_relaxed);
+    FOR_EACH_SLOT(p, s)
+    {
+        uint64_t w = atomic_load_explicit(&s->word, memory_order_relaxed);
+        int state = w_state(w);
         st->in_use += state == SLOT_HELD;
         st->idle += is_idle_state(state);
-        st->acquired += atomic_load_explicit(&s->acquired, memory_order_relaxed);
+        st->acquired += w_borrow(w);
         st->released += atomic_load_explicit(&s->released, memory_order_relaxed);
         st->hold_ns_total += atomic_load_explicit(&s->hold_ns_total, memory_order_relaxed);
+        st->wait_ns_total += atomic_load_explicit(&s->wait_ns_total, memory_order_relaxed);
         uint64_t m = atomic_load_explicit(&s->hold_ns_max, memory_order_relaxed);
         if (m > st->hold_ns_max)
             st->hold_ns_max = m;
+        m = atomic_load_explicit(&s->wait_ns_max, memory_order_relaxed);
+        if (m > st->wait_ns_max)
+            st->wait_ns_max = m;
     }
 #define LEASH_GATHER(n) st->n = atomic_load_explicit(&p->n, memory_order_relaxed);
     LEASH_POOL_COUNTERS(LEASH_GATHER)
-    st->wait_ns_total = atomic_load_explicit(&p->wait_ns_total, memory_order_relaxed);
-    st->wait_ns_max = atomic_load_explicit(&p->wait_ns_max, memory_order_relaxed);
+    st->connecting = atomic_load(&p->connecting);
+    st->consecutive_failures = atomic_load(&p->consecutive_failures);
+    st->last_connect_ok_ns = atomic_load(&p->last_connect_ok_ns);
+    st->last_connect_fail_ns = atomic_load(&p->last_connect_fail_ns);
+    st->destroyed_broken = ld(&p->gone[GONE_BROKEN]);
+    st->destroyed_dirty = ld(&p->gone[GONE_DIRTY]);
+    st->destroyed_idle = ld(&p->gone[GONE_IDLE]);
+    st->destroyed_lifetime = ld(&p->gone[GONE_LIFETIME]);
+    st->destroyed_evicted = ld(&p->gone[GONE_EVICTED]);
+    st->destroyed_invalid = ld(&p->gone[GONE_INVALID]);
+    st->destroyed_closed = ld(&p->gone[GONE_CLOSED]);
 }
 
 leash_status leash_pool_stats_get(leash_pool *p, leash_pool_stats *out)
@@ -250,9 +258,13 @@ static const struct metric metrics[] = {
     {"leaks_at_close", "Handles still borrowed when the pool closed.", 0},
     {"returned_late", "Suspected leaks that came back afterwards.", 0},
     {"misuse", "Double releases, releases or uses of handles not checked out.", 0},
+    {"connecting", "Connects in flight.", 1},
+    {"consecutive_failures", "Connect failures since the last success.", 1},
+    {"fast_failures", "Acquires refused at once while the backend was down.", 0},
+    {"keepalives", "Idle connections checked by the keepalive.", 0},
 };
 #define NMETRICS (sizeof metrics / sizeof metrics[0])
-_Static_assert(NMETRICS <= 32, "the dump baseline holds every metric");
+_Static_assert(NMETRICS <= 48, "the dump baseline holds every metric");
 
 static void values(const leash_pool_stats *s, uint64_t *v)
 {
@@ -275,53 +287,13 @@ static void values(const leash_pool_stats *s, uint64_t *v)
                       s->leaks_suspected,
                       s->leaks_at_close,
                       s->returned_late,
-                      s->misuse};
+                      s->misuse,
+                      s->connecting,
+                      s->consecutive_failures,
+                      s->fast_failures,
+                      s->keepalives};
     _Static_assert(sizeof all / sizeof all[0] == NMETRICS, "one value per metric");
     memcpy(v, all, sizeof all);
-}
-
-/* ---- problem sites ---- */
-
-static const char *const prob_name[PROB_KINDS] = {"reclaimed", "suspected", "at_close", "dirty",
-                                                  "misuse"};
-
-void leash__count_problem(struct leash_pool *p, struct leash_handle *s, int kind)
-{
-    const char *file = atomic_load_explicit(&s->file, memory_order_relaxed);
-    const char *func = atomic_load_explicit(&s->func, memory_order_relaxed);
-    int line = atomic_load_explicit(&s->line, memory_order_relaxed);
-    if (!file)
-        file = "?";
-    for (int i = 0; i < LEASH_PROBLEM_SITES; i++) {
-        struct leash_problem_site *ps = &p->problems[i];
-        const char *cur = atomic_load(&ps->file);
-        if (!cur) {
-            const char *expect = NULL;
-            if (atomic_compare_exchange_strong(&ps->file, &expect, file)) {
-                atomic_store(&ps->func, func);
-                atomic_store(&ps->line, line);
-                atomic_fetch_add(&ps->n[kind], 1);
-                return;
-            }
-            cur = expect;
-        }
-        if (cur == file && atomic_load(&ps->line) == line) {
-            atomic_fetch_add(&ps->n[kind], 1);
-            return;
-        }
-    }
-    atomic_fetch_add(&p->problems_elsewhere, 1);
-}
-
-/* The problem sites of p with any count, in table order. */
-static int problem_used(struct leash_problem_site *ps)
-{
-    if (!atomic_load(&ps->file) || !atomic_load(&ps->line))
-        return 0;
-    for (int k = 0; k < PROB_KINDS; k++)
-        if (atomic_load_explicit(&ps->n[k], memory_order_relaxed))
-            return 1;
-    return 0;
 }
 
 /* Held handles of one pool grouped by borrow site. */
@@ -338,16 +310,23 @@ static uint32_t group_sites(struct leash_pool *p, struct site *sites, uint32_t *
 {
     uint32_t n = 0;
     *others = 0;
-    for (uint32_t i = 0; i < p->nslots; i++) {
-        struct leash_handle *s = &p->slots[i];
-        if (atomic_load_explicit(&s->state, memory_order_acquire) != SLOT_HELD)
+    FOR_EACH_SLOT(p, s)
+    {
+        uint64_t w = slot_word(s);
+        if (w_state(w) != SLOT_HELD)
             continue;
         const char *file = atomic_load_explicit(&s->file, memory_order_relaxed);
         const char *func = atomic_load_explicit(&s->func, memory_order_relaxed);
         int line = atomic_load_explicit(&s->line, memory_order_relaxed);
         int tid = atomic_load_explicit(&s->tid, memory_order_relaxed);
-        uint64_t since = atomic_load_explicit(&s->since_ns, memory_order_relaxed);
-        uint64_t age = now > since ? now - since : 0;
+        uint64_t since = atomic_load_explicit(&s->since, memory_order_relaxed);
+        /* acquire fence: orders the reads above before the re-read of the word; if the
+         * slot was returned or lent again meanwhile, the record may mix two borrows: skip
+         * it (it is no longer this borrow anyway) */
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&s->word, memory_order_relaxed) != w)
+            continue;
+        uint64_t age = leash__clock_ns(since, now);
         uint32_t j = 0;
         while (j < n && !(sites[j].file == file && sites[j].line == line))
             j++;
@@ -368,6 +347,246 @@ static uint32_t group_sites(struct leash_pool *p, struct site *sites, uint32_t *
     return n;
 }
 
+/* ---- pieces of the dumps ---- */
+
+static const char *const prob_name[PROB_KINDS] = {"reclaimed", "suspected", "at_close", "dirty",
+                                                  "misuse"};
+static const char *const gone_names[GONE_REASONS] = {"broken",  "dirty",   "idle",  "lifetime",
+                                                     "evicted", "invalid", "closed"};
+
+/* The servers the pool's connections are on, with how many on each. */
+static void text_peers(struct out *o, struct leash_pool *p)
+{
+    int np = atomic_load_explicit(&p->npeers, memory_order_acquire);
+    int titled = 0;
+    for (int i = 0; i < np; i++) {
+        uint32_t n = 0;
+        FOR_EACH_SLOT(p, s)
+        {
+            int st = slot_state(s);
+            if (st != SLOT_EMPTY && st != SLOT_CONNECTING &&
+                atomic_load_explicit(&s->peer, memory_order_relaxed) == p->peers[i])
+                n++;
+        }
+        if (!n)
+            continue;
+        o_str(o, titled ? ", " : "  on servers: ");
+        titled = 1;
+        o_str(o, p->peers[i]);
+        o_str(o, " (");
+        o_u64(o, n);
+        o_str(o, ")");
+    }
+    uint64_t rp = atomic_load(&p->retired_peer);
+    if (rp) {
+        o_str(o, titled ? "; " : "  ");
+        o_u64(o, rp);
+        o_str(o, " retired because their server changed role");
+        titled = 1;
+    }
+    if (titled)
+        o_str(o, "\n");
+}
+
+static void text_destroyed(struct out *o, struct leash_pool *p, const leash_pool_stats *st)
+{
+    if (!st->destroyed)
+        return;
+    o_str(o, "  destroyed by reason:");
+    for (int k = 0, first = 1; k < GONE_REASONS; k++) {
+        uint64_t n = ld(&p->gone[k]);
+        if (!n)
+            continue;
+        o_str(o, first ? " " : ", ");
+        first = 0;
+        o_str(o, gone_names[k]);
+        o_str(o, " ");
+        o_u64(o, n);
+    }
+    o_str(o, "\n");
+}
+
+static void o_site(struct out *o, const leash_site_stats *ss)
+{
+    o_str(o, ss->file);
+    if (ss->line) {
+        o_str(o, ":");
+        o_i64(o, ss->line);
+        o_str(o, " in ");
+        o_str(o, ss->func);
+        o_str(o, "()");
+    }
+}
+
+/* The busiest borrow sites: borrows, waits and holds. */
+#define TEXT_TOP_SITES 5
+static void text_sites(struct out *o, struct leash_pool *p)
+{
+    uint32_t idx[LEASH_SITES + 1];
+    uint64_t acq[LEASH_SITES + 1];
+    int n = leash__sites_sorted(p, idx, acq);
+    if (!n)
+        return;
+    o_str(o, "  busiest borrow sites (borrows, wait avg/max, hold avg/max, timeouts):\n");
+    for (int i = 0; i < n && i < TEXT_TOP_SITES; i++) {
+        leash_site_stats ss;
+        leash__site_get(p, idx[i], &ss);
+        uint64_t ended = ss.acquired > ss.held_now ? ss.acquired - ss.held_now : 0;
+        o_str(o, "    ");
+        o_u64(o, ss.acquired);
+        o_str(o, "  ");
+        o_dur(o, ss.acquired ? ss.wait_ns_total / ss.acquired : 0);
+        o_str(o, "/");
+        o_dur(o, ss.wait_ns_max);
+        o_str(o, "  ");
+        o_dur(o, ended ? ss.hold_ns_total / ended : 0);
+        o_str(o, "/");
+        o_dur(o, ss.hold_ns_max);
+        o_str(o, "  ");
+        o_u64(o, ss.timeouts);
+        o_str(o, "  ");
+        o_site(o, &ss);
+        o_str(o, "\n");
+    }
+    if (n > TEXT_TOP_SITES) {
+        o_str(o, "    ... ");
+        o_i64(o, n - TEXT_TOP_SITES);
+        o_str(o, " more (JSON has them all)\n");
+    }
+}
+
+/* Leaks and misuse by borrow site, with what is new since the last text dump. */
+static void text_problems(struct out *o, struct leash_pool *p)
+{
+    int titled = 0;
+    for (uint32_t i = 0; i <= LEASH_SITE_OTHER; i++) {
+        struct leash_site *e = &p->sites[i];
+        int any = 0;
+        for (int k = 0; k < PROB_KINDS; k++)
+            any |= ld(&e->n[k]) != 0;
+        if (!any)
+            continue;
+        if (!titled)
+            o_str(o, "  leaks and misuse by borrow site (since the last dump):\n");
+        titled = 1;
+        o_str(o, "    ");
+        for (int k = 0, first = 1; k < PROB_KINDS; k++) {
+            uint64_t cnt = ld(&e->n[k]);
+            if (!cnt)
+                continue;
+            uint64_t was = ld(&e->base[k]);
+            if (!first)
+                o_str(o, ", ");
+            first = 0;
+            o_u64(o, cnt);
+            o_str(o, " ");
+            o_str(o, prob_name[k]);
+            if (atomic_load(&p->base_valid) && cnt > was) {
+                o_str(o, " (+");
+                o_u64(o, cnt - was);
+                o_str(o, ")");
+            }
+            if (o->baseline)
+                atomic_store_explicit(&e->base[k], cnt, memory_order_relaxed);
+        }
+        o_str(o, "  ");
+        if (i == LEASH_SITE_OTHER) {
+            o_str(o, "(other sites)\n");
+            continue;
+        }
+        const char *file = atomic_load_explicit(&e->file, memory_order_relaxed);
+        o_str(o, file ? file : "(unknown site)");
+        if (file) {
+            o_str(o, ":");
+            o_i64(o, atomic_load(&e->line));
+            o_str(o, " in ");
+            o_str(o, atomic_load(&e->func));
+            o_str(o, "()");
+        }
+        o_str(o, "\n");
+    }
+}
+
+static void json_site(struct out *o, const leash_site_stats *ss)
+{
+    o_str(o, "{\"file\":\"");
+    o_esc(o, ss->file);
+    o_str(o, "\",\"line\":");
+    o_i64(o, ss->line);
+    o_str(o, ",\"func\":\"");
+    o_esc(o, ss->func);
+    o_str(o, "\"");
+    const struct {
+        const char *name;
+        uint64_t v;
+    } f[] = {{"acquired", ss->acquired},      {"timeouts", ss->timeouts},
+             {"held_now", ss->held_now},      {"leaks", ss->leaks},
+             {"dirty_returns", ss->dirty_returns}, {"misuse", ss->misuse},
+             {"wait_ns_total", ss->wait_ns_total}, {"wait_ns_max", ss->wait_ns_max},
+             {"hold_ns_total", ss->hold_ns_total}, {"hold_ns_max", ss->hold_ns_max}};
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+        o_str(o, ",\"");
+        o_str(o, f[i].name);
+        o_str(o, "\":");
+        o_u64(o, f[i].v);
+    }
+    o_str(o, "}");
+}
+
+/* JSON members beyond the counters: state, destroyed by reason, peers, every site. */
+static void json_extra(struct out *o, struct leash_pool *p, const leash_pool_stats *st)
+{
+    o_str(o, ",\"draining\":");
+    o_str(o, atomic_load(&p->draining) ? "true" : "false");
+    o_str(o, ",\"down\":");
+    o_str(o, pool_down(p) ? "true" : "false");
+    o_str(o, ",\"last_connect_ok_ns\":");
+    o_u64(o, st->last_connect_ok_ns);
+    o_str(o, ",\"last_connect_fail_ns\":");
+    o_u64(o, st->last_connect_fail_ns);
+    o_str(o, ",\"retired_peer_changed_role\":");
+    o_u64(o, atomic_load(&p->retired_peer));
+    o_str(o, ",\"destroyed_by_reason\":{");
+    for (int k = 0; k < GONE_REASONS; k++) {
+        o_str(o, k ? ",\"" : "\"");
+        o_str(o, gone_names[k]);
+        o_str(o, "\":");
+        o_u64(o, ld(&p->gone[k]));
+    }
+    o_str(o, "},\"peers\":[");
+    int np = atomic_load_explicit(&p->npeers, memory_order_acquire);
+    for (int i = 0, first = 1; i < np; i++) {
+        uint32_t n = 0;
+        FOR_EACH_SLOT(p, s)
+        {
+            int state = slot_state(s);
+            if (state != SLOT_EMPTY && state != SLOT_CONNECTING &&
+                atomic_load_explicit(&s->peer, memory_order_relaxed) == p->peers[i])
+                n++;
+        }
+        if (!n)
+            continue;
+        o_str(o, first ? "{\"peer\":\"" : ",{\"peer\":\"");
+        first = 0;
+        o_esc(o, p->peers[i]);
+        o_str(o, "\",\"connections\":");
+        o_u64(o, n);
+        o_str(o, "}");
+    }
+    o_str(o, "],\"sites\":[");
+    uint32_t idx[LEASH_SITES + 1];
+    uint64_t acq[LEASH_SITES + 1];
+    int n = leash__sites_sorted(p, idx, acq);
+    for (int i = 0; i < n; i++) {
+        leash_site_stats ss;
+        leash__site_get(p, idx[i], &ss);
+        if (i)
+            o_str(o, ",");
+        json_site(o, &ss);
+    }
+    o_str(o, "]");
+}
+
 /* Visits every pool; the shutdown waits while leash__dumping is non-zero. */
 #define FOR_EACH_POOL(p)                                                                           \
     for (struct leash_pool *p = atomic_load(&leash__pools); p; p = atomic_load(&p->next_all))
@@ -381,17 +600,20 @@ static void text_pool(struct out *o, struct leash_pool *p, uint64_t now, int sin
 {
     leash_pool_stats st;
     gather(p, &st);
-    uint64_t v[32];
+    uint64_t v[48];
     values(&st, v);
+    uint64_t now_raw = leash__clock_raw();
 
     o_str(o, "pool \"");
     o_esc(o, p->name);
     o_str(o, "\" (");
     o_str(o, p->adapter->kind);
     o_str(o, ") ");
-    o_str(o, p->target_desc);
+    o_str(o, pool_target(p)->desc);
     if (atomic_load(&p->closed))
         o_str(o, "  [closed]");
+    else if (atomic_load(&p->draining))
+        o_str(o, "  [draining]");
     o_str(o, "\n  connections ");
     o_u64(o, st.size);
     o_str(o, "/");
@@ -402,13 +624,35 @@ static void text_pool(struct out *o, struct leash_pool *p, uint64_t now, int sin
     o_u64(o, st.idle);
     o_str(o, " idle, ");
     o_u64(o, st.waiting);
-    o_str(o, " waiting\n");
+    o_str(o, " waiting");
+    if (st.connecting) {
+        o_str(o, ", ");
+        o_u64(o, st.connecting);
+        o_str(o, " connecting");
+    }
+    o_str(o, "\n");
+    if (pool_down(p)) {
+        uint64_t mono = leash__mono_ns(), since = atomic_load(&p->down_since_ns);
+        o_str(o, "  DOWN for ");
+        o_dur(o, mono > since ? mono - since : 0);
+        o_str(o, " (");
+        o_u64(o, st.consecutive_failures);
+        o_str(o, " connect attempts in a row failed); last error: ");
+        /* Written under the pool lock by connects; a dump takes no lock, so the message may
+         * be mid-update: it is bounded and NUL-terminated either way. */
+        char last[sizeof p->last_error];
+        memcpy(last, p->last_error, sizeof last);
+        last[sizeof last - 1] = '\0';
+        o_str(o, last);
+        o_str(o, "\n");
+    }
+    text_peers(o, p);
     /* Three lines, connections opened, borrows and leaks, of "name value" pairs from the table. */
     static const struct {
         const char *title;
         unsigned char idx[8]; /* metric indexes, 0 ends */
     } lines[] = {
-        {"  opened:", {5, 6, 11, 12}},
+        {"  opened:", {5, 6, 11, 12, 23}},
         {"  borrows:", {7, 8, 13, 14, 9, 10}},
         {"  leaks:", {15, 16, 17, 18, 19}},
     };
@@ -433,10 +677,16 @@ static void text_pool(struct out *o, struct leash_pool *p, uint64_t now, int sin
     o_str(o, " max ");
     o_dur(o, st.hold_ns_max);
     o_str(o, "\n");
+    text_destroyed(o, p, &st);
+    if (st.fast_failures) {
+        o_str(o, "  fast failures while down: ");
+        o_u64(o, st.fast_failures);
+        o_str(o, "\n");
+    }
 
     struct site sites[MAX_SITES];
     uint32_t others;
-    uint32_t n = group_sites(p, sites, &others, now);
+    uint32_t n = group_sites(p, sites, &others, now_raw);
     if (n) {
         o_str(o, "  held by borrow site (count, oldest, site):\n");
         for (uint32_t i = 0; i < n; i++) {
@@ -461,48 +711,8 @@ static void text_pool(struct out *o, struct leash_pool *p, uint64_t now, int sin
         }
     }
 
-    /* Leaks and misuse by borrow site, with what is new since the last text dump. */
-    int titled = 0;
-    for (int i = 0; i < LEASH_PROBLEM_SITES; i++) {
-        struct leash_problem_site *ps = &p->problems[i];
-        if (!problem_used(ps))
-            continue;
-        if (!titled)
-            o_str(o, "  leaks and misuse by borrow site (since the last dump):\n");
-        titled = 1;
-        o_str(o, "    ");
-        for (int k = 0, first = 1; k < PROB_KINDS; k++) {
-            uint64_t cnt = atomic_load_explicit(&ps->n[k], memory_order_relaxed);
-            if (!cnt)
-                continue;
-            uint64_t was = atomic_load_explicit(&ps->base[k], memory_order_relaxed);
-            if (!first)
-                o_str(o, ", ");
-            first = 0;
-            o_u64(o, cnt);
-            o_str(o, " ");
-            o_str(o, prob_name[k]);
-            if (atomic_load(&p->base_valid) && cnt > was) {
-                o_str(o, " (+");
-                o_u64(o, cnt - was);
-                o_str(o, ")");
-            }
-            atomic_store_explicit(&ps->base[k], cnt, memory_order_relaxed);
-        }
-        o_str(o, "  ");
-        o_str(o, atomic_load(&ps->file));
-        o_str(o, ":");
-        o_i64(o, atomic_load(&ps->line));
-        o_str(o, " in ");
-        o_str(o, atomic_load(&ps->func));
-        o_str(o, "()\n");
-    }
-    uint64_t elsewhere = atomic_load(&p->problems_elsewhere);
-    if (elsewhere) {
-        o_str(o, "    ");
-        o_u64(o, elsewhere);
-        o_str(o, " more at other sites\n");
-    }
+    text_sites(o, p);
+    text_problems(o, p);
 
     /* What changed since the previous text dump; this dump becomes the baseline. */
     if (!atomic_load(&p->base_valid)) {
@@ -570,7 +780,7 @@ static void dump_text(struct out *o)
 
 static void dump_json(struct out *o)
 {
-    uint64_t now = now_coarse();
+    uint64_t now = leash__clock_raw();
     o_str(o, "{\"pid\":");
     o_i64(o, getpid());
     o_str(o, ",\"pools\":[");
@@ -579,7 +789,7 @@ static void dump_json(struct out *o)
     {
         leash_pool_stats st;
         gather(p, &st);
-        uint64_t v[32];
+        uint64_t v[48];
         values(&st, v);
         o_str(o, first ? "{" : ",{");
         first = 0;
@@ -588,7 +798,7 @@ static void dump_json(struct out *o)
         o_str(o, "\",\"kind\":\"");
         o_esc(o, p->adapter->kind);
         o_str(o, "\",\"target\":\"");
-        o_esc(o, p->target_desc);
+        o_esc(o, pool_target(p)->desc);
         o_str(o, "\",\"closed\":");
         o_str(o, atomic_load(&p->closed) ? "true" : "false");
         for (size_t i = 0; i < NMETRICS; i++) {
@@ -626,28 +836,8 @@ static void dump_json(struct out *o)
         }
         o_str(o, "],\"held_other_sites\":");
         o_u64(o, others);
-        o_str(o, ",\"problem_sites\":[");
-        for (int i = 0, first_site = 1; i < LEASH_PROBLEM_SITES; i++) {
-            struct leash_problem_site *ps = &p->problems[i];
-            if (!problem_used(ps))
-                continue;
-            o_str(o, first_site ? "{\"file\":\"" : ",{\"file\":\"");
-            first_site = 0;
-            o_esc(o, atomic_load(&ps->file));
-            o_str(o, "\",\"line\":");
-            o_i64(o, atomic_load(&ps->line));
-            o_str(o, ",\"func\":\"");
-            o_esc(o, atomic_load(&ps->func));
-            o_str(o, "\"");
-            for (int k = 0; k < PROB_KINDS; k++) {
-                o_str(o, ",\"");
-                o_str(o, prob_name[k]);
-                o_str(o, "\":");
-                o_u64(o, atomic_load_explicit(&ps->n[k], memory_order_relaxed));
-            }
-            o_str(o, "}");
-        }
-        o_str(o, "]}");
+        json_extra(o, p, &st);
+        o_str(o, "}");
     }
     o_str(o, "]}\n");
 }
@@ -676,24 +866,170 @@ static void prom_head(struct out *o, const char *name, const char *help, const c
     o_str(o, "\n");
 }
 
+/* Open pools only: a closed pool leaves the exposition, so a pool reopened under the same
+ * name never yields two series with the same labels. */
+#define FOR_EACH_OPEN_POOL(p)                                                                      \
+    FOR_EACH_POOL(p)                                                                               \
+    if (!atomic_load(&p->closed))
+
+static void prom_name(char *name, const char *a, const char *b, const char *c)
+{
+    size_t n = 0;
+    const char *parts[] = {a, b, c};
+    for (size_t k = 0; k < 3; k++) {
+        size_t l = strlen(parts[k]);
+        memcpy(name + n, parts[k], l);
+        n += l;
+    }
+    name[n] = '\0';
+}
+
+/* One histogram series set of p: buckets (cumulative), +Inf, _sum and _count. */
+static void prom_hist(struct out *o, struct leash_pool *p, const char *name,
+                      const uint64_t *buckets, uint64_t sum_ns)
+{
+    uint64_t cum = 0;
+    for (int b = 0; b <= LEASH_HIST_BUCKETS; b++) {
+        cum += buckets[b];
+        o_str(o, name);
+        o_str(o, "_bucket{pool=\"");
+        o_esc(o, p->name);
+        o_str(o, "\",kind=\"");
+        o_esc(o, p->adapter->kind);
+        o_str(o, "\",le=\"");
+        if (b == LEASH_HIST_BUCKETS)
+            o_str(o, "+Inf");
+        else
+            o_secs(o, leash__hist_le[b]);
+        o_str(o, "\"} ");
+        o_u64(o, cum);
+        o_str(o, "\n");
+    }
+    o_str(o, name);
+    o_str(o, "_sum");
+    prom_labels(o, p);
+    o_str(o, " ");
+    o_secs(o, sum_ns);
+    o_str(o, "\n");
+    o_str(o, name);
+    o_str(o, "_count");
+    prom_labels(o, p);
+    o_str(o, " ");
+    o_u64(o, cum);
+    o_str(o, "\n");
+}
+
+static void prom_histograms(struct out *o)
+{
+    prom_head(o, "leash_acquire_wait_seconds",
+              "Wait of each successful acquire (its _count is acquired; 0 when an idle handle "
+              "was taken at once).",
+              "histogram");
+    FOR_EACH_OPEN_POOL(p)
+    {
+        uint64_t b[LEASH_HIST_BUCKETS + 1] = {0}, sum = 0;
+        FOR_EACH_SLOT(p, s)
+        {
+            for (int k = 0; k <= LEASH_HIST_BUCKETS; k++)
+                b[k] += ld(&s->hist_wait[k]);
+            sum += ld(&s->wait_ns_total);
+        }
+        prom_hist(o, p, "leash_acquire_wait_seconds", b, sum);
+    }
+    prom_head(o, "leash_hold_seconds",
+              "How long each ended borrow held its handle (released, discarded, reclaimed or "
+              "still out at close).",
+              "histogram");
+    FOR_EACH_OPEN_POOL(p)
+    {
+        uint64_t b[LEASH_HIST_BUCKETS + 1] = {0}, sum = 0;
+        FOR_EACH_SLOT(p, s)
+        {
+            for (int k = 0; k <= LEASH_HIST_BUCKETS; k++)
+                b[k] += ld(&s->hist_hold[k]);
+            sum += ld(&s->hold_ns_total);
+        }
+        prom_hist(o, p, "leash_hold_seconds", b, sum);
+    }
+    prom_head(o, "leash_connect_seconds", "Each connect attempt, failed ones included.",
+              "histogram");
+    FOR_EACH_OPEN_POOL(p)
+    {
+        uint64_t b[LEASH_HIST_BUCKETS + 1];
+        for (int k = 0; k <= LEASH_HIST_BUCKETS; k++)
+            b[k] = ld(&p->hist_connect[k]);
+        prom_hist(o, p, "leash_connect_seconds", b, ld(&p->connect_ns_total));
+    }
+}
+
+static void prom_site_labels(struct out *o, struct leash_pool *p, const leash_site_stats *ss)
+{
+    o_str(o, "{pool=\"");
+    o_esc(o, p->name);
+    o_str(o, "\",site=\"");
+    o_esc(o, ss->file);
+    if (ss->line) {
+        o_str(o, ":");
+        o_i64(o, ss->line);
+    }
+    o_str(o, "\",function=\"");
+    o_esc(o, ss->func);
+    o_str(o, "\"}");
+}
+
+/* Per borrow site, at most LEASH_SITES + 1 series per pool and metric (the table's size). */
+static void prom_sites(struct out *o)
+{
+    static const struct {
+        const char *name, *help, *type;
+        size_t off;
+        int secs;
+    } m[] = {
+        {"leash_site_acquired_total", "Borrows by borrow site.", "counter",
+         offsetof(leash_site_stats, acquired), 0},
+        {"leash_site_timeouts_total", "Timed-out acquires by borrow site.", "counter",
+         offsetof(leash_site_stats, timeouts), 0},
+        {"leash_site_wait_seconds_total", "Acquire waits by borrow site.", "counter",
+         offsetof(leash_site_stats, wait_ns_total), 1},
+        {"leash_site_hold_seconds_total", "Hold time by borrow site.", "counter",
+         offsetof(leash_site_stats, hold_ns_total), 1},
+    };
+    for (size_t i = 0; i < sizeof m / sizeof m[0]; i++) {
+        prom_head(o, m[i].name, m[i].help, m[i].type);
+        FOR_EACH_OPEN_POOL(p)
+        {
+            uint32_t idx[LEASH_SITES + 1];
+            uint64_t acq[LEASH_SITES + 1];
+            int n = leash__sites_sorted(p, idx, acq);
+            for (int k = 0; k < n; k++) {
+                leash_site_stats ss;
+                leash__site_get(p, idx[k], &ss);
+                uint64_t v;
+                memcpy(&v, (const char *)&ss + m[i].off, sizeof v);
+                o_str(o, m[i].name);
+                prom_site_labels(o, p, &ss);
+                o_str(o, " ");
+                if (m[i].secs)
+                    o_secs(o, v);
+                else
+                    o_u64(o, v);
+                o_str(o, "\n");
+            }
+        }
+    }
+}
+
 static void dump_prometheus(struct out *o)
 {
     char name[96];
     for (size_t i = 0; i < NMETRICS; i++) {
-        size_t n = 0;
-        const char *parts[] = {"leash_pool_", metrics[i].name, metrics[i].gauge ? "" : "_total"};
-        for (size_t k = 0; k < 3; k++) {
-            size_t l = strlen(parts[k]);
-            memcpy(name + n, parts[k], l);
-            n += l;
-        }
-        name[n] = '\0';
+        prom_name(name, "leash_pool_", metrics[i].name, metrics[i].gauge ? "" : "_total");
         prom_head(o, name, metrics[i].help, metrics[i].gauge ? "gauge" : "counter");
-        FOR_EACH_POOL(p)
+        FOR_EACH_OPEN_POOL(p)
         {
             leash_pool_stats st;
             gather(p, &st);
-            uint64_t v[32];
+            uint64_t v[48];
             values(&st, v);
             o_str(o, name);
             prom_labels(o, p);
@@ -702,12 +1038,39 @@ static void dump_prometheus(struct out *o)
             o_str(o, "\n");
         }
     }
+    prom_head(o, "leash_destroyed_total",
+              "Connections destroyed, by reason (broken, dirty, idle, lifetime, evicted, "
+              "invalid, closed); their sum is leash_pool_destroyed_total.",
+              "counter");
+    FOR_EACH_OPEN_POOL(p)
+    {
+        for (int k = 0; k < GONE_REASONS; k++) {
+            o_str(o, "leash_destroyed_total{pool=\"");
+            o_esc(o, p->name);
+            o_str(o, "\",kind=\"");
+            o_esc(o, p->adapter->kind);
+            o_str(o, "\",reason=\"");
+            o_str(o, gone_names[k]);
+            o_str(o, "\"} ");
+            o_u64(o, ld(&p->gone[k]));
+            o_str(o, "\n");
+        }
+    }
+    prom_head(o, "leash_pool_up",
+              "1 while the backend answers, 0 while the pool is down (connects failing).",
+              "gauge");
+    FOR_EACH_OPEN_POOL(p)
+    {
+        o_str(o, "leash_pool_up");
+        prom_labels(o, p);
+        o_str(o, pool_down(p) ? " 0\n" : " 1\n");
+    }
     static const struct {
         const char *name, *help, *type;
         size_t off;
     } times[] = {
-        {"leash_pool_wait_seconds_total", "Time spent waiting for handles.", "counter",
-         offsetof(leash_pool_stats, wait_ns_total)},
+        {"leash_pool_wait_seconds_total", "Time successful acquires waited for handles.",
+         "counter", offsetof(leash_pool_stats, wait_ns_total)},
         {"leash_pool_wait_seconds_max", "Longest wait for a handle.", "gauge",
          offsetof(leash_pool_stats, wait_ns_max)},
         {"leash_pool_hold_seconds_total", "Time handles were held by borrowers.", "counter",
@@ -717,7 +1080,7 @@ static void dump_prometheus(struct out *o)
     };
     for (size_t i = 0; i < sizeof times / sizeof times[0]; i++) {
         prom_head(o, times[i].name, times[i].help, times[i].type);
-        FOR_EACH_POOL(p)
+        FOR_EACH_OPEN_POOL(p)
         {
             leash_pool_stats st;
             gather(p, &st);
@@ -730,9 +1093,11 @@ static void dump_prometheus(struct out *o)
             o_str(o, "\n");
         }
     }
-    uint64_t now = now_coarse();
+    prom_histograms(o);
+    prom_sites(o);
+    uint64_t now = leash__clock_raw();
     prom_head(o, "leash_held_handles", "Handles held right now, by borrow site.", "gauge");
-    FOR_EACH_POOL(p)
+    FOR_EACH_OPEN_POOL(p)
     {
         struct site sites[MAX_SITES];
         uint32_t others;
@@ -766,24 +1131,27 @@ static void prom_problems(struct out *o)
               "Leaks and misuse by borrow site (kind: reclaimed, suspected, at_close, dirty, "
               "misuse).",
               "counter");
-    FOR_EACH_POOL(p)
+    FOR_EACH_OPEN_POOL(p)
     {
-        for (int i = 0; i < LEASH_PROBLEM_SITES; i++) {
-            struct leash_problem_site *ps = &p->problems[i];
-            if (!problem_used(ps))
-                continue;
+        for (uint32_t i = 0; i <= LEASH_SITE_OTHER; i++) {
+            struct leash_site *e = &p->sites[i];
             for (int k = 0; k < PROB_KINDS; k++) {
-                uint64_t n = atomic_load_explicit(&ps->n[k], memory_order_relaxed);
+                uint64_t n = ld(&e->n[k]);
                 if (!n)
                     continue;
+                const char *file = i == LEASH_SITE_OTHER
+                                       ? "(other sites)"
+                                       : atomic_load_explicit(&e->file, memory_order_relaxed);
                 o_str(o, "leash_problems_total{pool=\"");
                 o_esc(o, p->name);
                 o_str(o, "\",site=\"");
-                o_esc(o, atomic_load(&ps->file));
-                o_str(o, ":");
-                o_i64(o, atomic_load(&ps->line));
+                o_esc(o, file ? file : "(unknown site)");
+                if (i != LEASH_SITE_OTHER && file) {
+                    o_str(o, ":");
+                    o_i64(o, atomic_load(&e->line));
+                }
                 o_str(o, "\",function=\"");
-                o_esc(o, atomic_load(&ps->func));
+                o_esc(o, i != LEASH_SITE_OTHER && file ? atomic_load(&e->func) : "");
                 o_str(o, "\",kind=\"");
                 o_str(o, prob_name[k]);
                 o_str(o, "\"} ");
@@ -855,7 +1223,7 @@ static int render(struct out *o_, leash_format fmt)
 static void handle_line(struct out *o, struct leash_pool *p, struct leash_handle *s, uint64_t now,
                         const char *why)
 {
-    uint64_t since = atomic_load_explicit(&s->since_ns, memory_order_relaxed);
+    uint64_t since = atomic_load_explicit(&s->since, memory_order_relaxed);
     o_str(o, "leash: pool \"");
     o_str(o, p->name);
     o_str(o, "\": handle ");
@@ -869,18 +1237,30 @@ static void handle_line(struct out *o, struct leash_pool *p, struct leash_handle
     o_str(o, "() by thread ");
     o_i64(o, atomic_load_explicit(&s->tid, memory_order_relaxed));
     o_str(o, ", held for ");
-    o_dur(o, now > since ? now - since : 0);
+    o_dur(o, leash__clock_ns(since, now));
     o_str(o, "\n");
+}
+
+static struct out out_fd(int fd)
+{
+    struct out o;
+    o.fd = fd;
+    o.err = 0;
+    o.n = 0;
+    o.mem = NULL;
+    o.mem_len = o.mem_cap = 0;
+    o.baseline = 0;
+    return o;
 }
 
 int leash__report_held(int fd, struct leash_pool *p, const char *why)
 {
-    struct out o = {.fd = fd};
-    uint64_t now = now_coarse();
+    struct out o = out_fd(fd);
+    uint64_t now = leash__clock_raw();
     int n = 0;
-    for (uint32_t i = 0; i < p->nslots; i++) {
-        struct leash_handle *s = &p->slots[i];
-        int st = atomic_load(&s->state);
+    FOR_EACH_SLOT(p, s)
+    {
+        int st = slot_state(s);
         if (st != SLOT_HELD && st != SLOT_ORPHANED)
             continue;
         handle_line(&o, p, s, now, why);
@@ -904,15 +1284,15 @@ int leash_check_leaks(int fd)
 {
     if (fd < 0)
         fd = leash__dump_fd();
-    struct out o = {.fd = fd};
-    uint64_t now = now_coarse();
+    struct out o = out_fd(fd);
+    uint64_t now = leash__clock_raw();
     int n = 0;
     atomic_fetch_add(&leash__dumping, 1);
     FOR_EACH_POOL(p)
     {
-        for (uint32_t i = 0; i < p->nslots; i++) {
-            struct leash_handle *s = &p->slots[i];
-            if (atomic_load(&s->state) != SLOT_HELD)
+        FOR_EACH_SLOT(p, s)
+        {
+            if (slot_state(s) != SLOT_HELD)
                 continue;
             handle_line(&o, p, s, now, "still held");
             n++;
@@ -925,7 +1305,7 @@ int leash_check_leaks(int fd)
 
 _Noreturn void leash__strict_abort(struct leash_pool *p, struct leash_handle *s, const char *what)
 {
-    struct out o = {.fd = 2};
+    struct out o = out_fd(2);
     o_str(&o, "leash: STRICT: pool \"");
     o_str(&o, p->name);
     o_str(&o, "\" (");
@@ -933,8 +1313,8 @@ _Noreturn void leash__strict_abort(struct leash_pool *p, struct leash_handle *s,
     o_str(&o, "): ");
     o_str(&o, what);
     if (s) {
-        uint64_t since = atomic_load_explicit(&s->since_ns, memory_order_relaxed);
-        uint64_t now = now_coarse();
+        uint64_t since = atomic_load_explicit(&s->since, memory_order_relaxed);
+        uint64_t now = leash__clock_raw();
         o_str(&o, "\n  borrowed at ");
         o_str(&o, atomic_load_explicit(&s->file, memory_order_relaxed));
         o_str(&o, ":");
@@ -944,7 +1324,7 @@ _Noreturn void leash__strict_abort(struct leash_pool *p, struct leash_handle *s,
         o_str(&o, "() by thread ");
         o_i64(&o, atomic_load_explicit(&s->tid, memory_order_relaxed));
         o_str(&o, ", ");
-        o_dur(&o, now > since ? now - since : 0);
+        o_dur(&o, leash__clock_ns(since, now));
         o_str(&o, " ago");
     }
     o_str(&o, "\n  (strict mode: LEASH_STRICT=1 or leash_config.strict; aborting)\n");

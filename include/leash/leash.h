@@ -91,6 +91,7 @@ enum {
     LEASH_RESET_BROKEN =
         -1 /* the connection failed (I/O, server gone): destroy, not the borrower's fault */
 };
+struct leash_pool;
 typedef struct leash_adapter {
     const char *kind; /* "redis", "pg", "http", ... */
     /* Returns a new connection, or NULL with a message (no password) in err. Required. */

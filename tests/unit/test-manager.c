@@ -399,12 +399,14 @@ static void fork_child(void *v)
         _exit(11); /* an inherited connection was lent */
     if (fake.connects != a->connects + 1)
         _exit(12); /* not a new connection */
-    /* The inherited idle one is abandoned, not destroyed over the wire. */
-    if (fake.abandons != 1)
+    /* Inherited connections, idle and held across the fork, are abandoned at the child's
+     * first leash call, never destroyed over the wire. */
+    if (fake.abandons != 2)
         _exit(13);
     if (fake.destroys != a->destroys)
         _exit(14);
-    /* Held across the fork: its release abandons it, no reset. */
+    /* Held across the fork: its handle is stale here; releasing it sends and counts
+     * nothing. */
     leash_release(&a->held);
     if (fake.abandons != 2 || fake.destroys != a->destroys)
         _exit(15);

@@ -356,7 +356,12 @@ static void test_discard_destroys(void **state)
     assert_int_equal(st.discarded, 1);
     assert_int_equal(st.destroyed, 1);
     assert_int_equal(st.size, 0);
-    h = leash_acquire_for(p, 0); /* the slot is free again */
+    /* The slot is free again. With no wait allowed, the acquire does not wait for the
+     * connect it starts; the next borrower gets that connection. */
+    h = leash_acquire_for(p, 0);
+    assert_null(h);
+    assert_int_equal(leash_last_status(), LEASH_ETIMEDOUT);
+    h = leash_acquire_for(p, 1000);
     assert_non_null(h);
     leash_release(&h);
     leash_discard(&h); /* NULL: no-op */
@@ -455,13 +460,28 @@ static void test_min_idle_backs_off_on_failure(void **state)
     leash_pool_options o = {.min_idle = 1};
     leash_pool *p = leash_pool_open("warmfail", &fake_adapter, "fake://h", &o);
     sleep_ms(500);
-    /* One try, then a back-off of a second: not a connect storm. */
-    assert_true(fake.connect_fails >= 1 && fake.connect_fails <= 2);
-    fake_fail_connect = 0;
+    /* Two tries on the maintenance tick, then the pool is down: one probe per back-off
+     * step (50, 100, 200 ms ...): not a connect storm. */
+    assert_true(fake.connect_fails >= 2 && fake.connect_fails <= 6);
+    /* Down: an acquire fails at once, saying so, instead of waiting its second. */
+    assert_int_equal(leash_pool_health(p), LEASH_ECONNECT);
+    uint64_t t0 = now_ms();
     leash_handle *h = leash_acquire(p);
+    assert_null(h);
+    assert_int_equal(leash_last_status(), LEASH_ECONNECT);
+    assert_non_null(strstr(leash_last_error(), "down for"));
+    assert_true(now_ms() - t0 < 100);
+    /* Back: the next probe (within the back-off, at most connect_backoff_ms) finds it. */
+    fake_fail_connect = 0;
+    t0 = now_ms();
+    while (leash_pool_health(p) != LEASH_OK && now_ms() - t0 < 2000)
+        sleep_ms(5);
+    assert_int_equal(leash_pool_health(p), LEASH_OK);
+    assert_true(now_ms() - t0 <= 1200);
+    h = leash_acquire(p);
     assert_non_null(h);
     leash_release(&h);
-    (void)p;
+    assert_invariant(p);
 }
 
 static int suspected(leash_pool *p)

@@ -1,0 +1,441 @@
+/* Connects: each runs on a thread of leash's own (a connect job), so a borrower whose
+ * deadline passes returns while the connect goes on; a connection that arrives later joins
+ * the pool. Also the backend's up/down state: after two failures in a row the pool is down,
+ * one probe at a time, spaced by a backoff doubling from BACKOFF_MIN_NS up to
+ * connect_backoff_ms. */
+#include "pool.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BACKOFF_MIN_NS 50000000ull /* the first pause once down */
+
+struct job {
+    struct job *next;
+    pthread_t thread;
+    _Atomic int done;
+    struct leash_pool *pool;
+    struct leash_handle *slot;
+    struct leash_waiter *requester; /* under the pool lock */
+};
+
+/* Every job thread not yet joined. Lock order: a pool's lock, then jobs_lock. */
+static pthread_mutex_t jobs_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct job *jobs;
+
+/* ---- slots and connections ---- */
+
+struct leash_handle *leash__reserve_locked(struct leash_pool *p)
+{
+    uint32_t size = atomic_load(&p->size);
+    if (size >= atomic_load(&p->nslots))
+        return NULL;
+    uint32_t n = slots_allocated(p);
+    for (uint32_t i = 0; i < n; i++) {
+        struct leash_handle *s = slot_at(p, i);
+        if (slot_cas(s, SLOT_EMPTY, SLOT_CONNECTING)) {
+            atomic_store(&p->size, size + 1);
+            return s;
+        }
+    }
+    /* Every allocated slot is in use but max_size allows more: a new segment. */
+    if (n / LEASH_SEG_SLOTS >= LEASH_SEGS)
+        return NULL;
+    struct leash_handle *seg = leash__aligned_alloc(
+        LEASH_CACHE_LINE, sizeof(struct leash_handle) * LEASH_SEG_SLOTS);
+    if (!seg)
+        return NULL;
+    if (((uintptr_t)seg & ~LEASH_ADDR_MASK) != 0) { /* cannot carry tags */
+        leash__free(seg);
+        return NULL;
+    }
+    leash__slots_init(p, seg, n);
+    atomic_store_explicit(&p->seg[n / LEASH_SEG_SLOTS], seg, memory_order_relaxed);
+    /* release: publishes the segment (pairs with the acquire in slots_allocated) */
+    atomic_store_explicit(&p->nalloc, n + LEASH_SEG_SLOTS, memory_order_release);
+    struct leash_handle *s = slot_at(p, n);
+    slot_set(s, SLOT_CONNECTING);
+    atomic_store(&p->size, size + 1);
+    return s;
+}
+
+static const char *const gone_name[GONE_REASONS] = {"broken",  "dirty",   "idle",  "lifetime",
+                                                    "evicted", "invalid", "closed"};
+
+void leash__hook_destroy(struct leash_pool *p, int why)
+{
+    const struct leash_hooks_box *hb = pool_hooks(p);
+    if (hb && hb->hooks.on_destroy)
+        hb->hooks.on_destroy(p, gone_name[why], hb->arg);
+}
+
+void leash__drop_conn(struct leash_pool *p, struct leash_handle *s, int why)
+{
+    void *c = s->conn;
+    s->conn = NULL;
+    atomic_store_explicit(&s->peer, NULL, memory_order_relaxed);
+    if (!c)
+        return;
+    if (s->conn_gen != atomic_load(&leash__fork_gen)) {
+        if (p->adapter->abandon)
+            p->adapter->abandon(p->ctx, c);
+    } else {
+        p->adapter->destroy(p->ctx, c);
+    }
+    count(&p->gone[why]);
+    count(&p->destroyed);
+    leash__hook_destroy(p, why);
+}
+
+void leash__slot_free(struct leash_pool *p, struct leash_handle *s)
+{
+    pthread_mutex_lock(&p->lock);
+    atomic_store_explicit(&s->retire, 0, memory_order_relaxed);
+    atomic_store_explicit(&s->recheck, 0, memory_order_relaxed);
+    slot_set(s, SLOT_EMPTY);
+    atomic_store(&p->size, atomic_load(&p->size) - 1);
+    leash__signal_head_locked(p);
+    leash__wait_kick_locked(p);
+    pthread_mutex_unlock(&p->lock);
+}
+
+void leash__retire(struct leash_pool *p, struct leash_handle *s, int why)
+{
+    leash__drop_conn(p, s, why);
+    leash__slot_free(p, s);
+}
+
+/* The interned copy of peer (pool lock held); NULL when the table is full. */
+static const char *intern_peer(struct leash_pool *p, const char *peer)
+{
+    int n = atomic_load_explicit(&p->npeers, memory_order_relaxed);
+    for (int i = 0; i < n; i++)
+        if (strcmp(p->peers[i], peer) == 0)
+            return p->peers[i];
+    if (n == LEASH_PEERS)
+        return NULL;
+    char *copy = leash__strdup(peer);
+    if (!copy)
+        return NULL;
+    p->peers[n] = copy;
+    /* release: pairs with the acquire load of npeers by lock-free readers */
+    atomic_store_explicit(&p->npeers, n + 1, memory_order_release);
+    return copy;
+}
+
+/* v less up to 10%, so a pool's connections do not all expire at once (pool lock held). */
+static uint64_t jitter_locked(struct leash_pool *p, uint64_t v)
+{
+    uint64_t span = v / 10;
+    return span ? v - (uint64_t)leash__rand(p) % span : v;
+}
+
+/* ---- the backend's state ---- */
+
+static void connect_ok_locked(struct leash_pool *p, uint64_t now)
+{
+    atomic_store(&p->consecutive_failures, 0);
+    atomic_store(&p->down_since_ns, 0);
+    atomic_store(&p->last_connect_ok_ns, now);
+    p->backoff_ns = 0;
+    p->next_attempt_ns = 0;
+}
+
+static void connect_failed_locked(struct leash_pool *p, uint64_t now, const char *why)
+{
+    uint32_t n = atomic_load(&p->consecutive_failures) + 1;
+    atomic_store(&p->consecutive_failures, n);
+    atomic_store(&p->last_connect_fail_ns, now);
+    snprintf(p->last_error, sizeof p->last_error, "%s", why);
+    if (!p->backoff_max_ns || n < 2)
+        return;
+    if (!pool_down(p)) {
+        atomic_store(&p->down_since_ns, now);
+        p->backoff_ns = BACKOFF_MIN_NS;
+    } else {
+        p->backoff_ns *= 2;
+    }
+    if (p->backoff_ns > p->backoff_max_ns)
+        p->backoff_ns = p->backoff_max_ns;
+    p->next_attempt_ns = now + p->backoff_ns;
+}
+
+/* ---- the job ---- */
+
+static void job_done(struct job *j)
+{
+    pthread_mutex_lock(&jobs_lock);
+    atomic_store(&j->done, 1);
+    pthread_mutex_unlock(&jobs_lock);
+}
+
+static void *job_main(void *arg)
+{
+    struct job *j = arg;
+    struct leash_pool *p = j->pool;
+    struct leash_handle *s = j->slot;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+
+    const struct leash_target *t = pool_target(p);
+    uint64_t epoch = atomic_load(&p->evict_epoch);
+    char err[256] = "";
+    uint64_t t0 = leash__clock_raw();
+    void *c = p->adapter->connect(p->ctx, t->target, err, sizeof err);
+    uint64_t took = leash__clock_ns(t0, leash__clock_raw());
+    atomic_fetch_add_explicit(&p->hist_connect[leash__hist_bucket(took)], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->connect_ns_total, took, memory_order_relaxed);
+    char peer[128] = "";
+    if (c && p->adapter->peer)
+        p->adapter->peer(p->ctx, c, peer, sizeof peer);
+    char clean[256] = "";
+    if (!c)
+        leash__redact(err[0] ? err : "the adapter gave no reason", clean, sizeof clean);
+    uint64_t now = leash__mono_ns();
+    int why = -1; /* a connection to drop at once */
+
+    pthread_mutex_lock(&p->lock);
+    atomic_store(&p->connecting, atomic_load(&p->connecting) - 1);
+    leash__wait_kick_locked(p); /* a connect slot came free */
+    struct leash_waiter *req = j->requester;
+    if (req)
+        req->job = NULL;
+    if (c) {
+        count(&p->created);
+        connect_ok_locked(p, now);
+        uint64_t tk = tick();
+        s->conn = c;
+        s->conn_gen = atomic_load(&leash__fork_gen);
+        s->conn_epoch = epoch;
+        atomic_store_explicit(&s->peer, peer[0] ? intern_peer(p, peer) : NULL,
+                              memory_order_relaxed);
+        atomic_store_explicit(&s->expire_ns, tk + jitter_locked(p, p->lifetime_ns),
+                              memory_order_relaxed);
+        atomic_store_explicit(&s->idle_limit, jitter_locked(p, p->idle_ns), memory_order_relaxed);
+        atomic_store_explicit(&s->broken, 0, memory_order_relaxed);
+        atomic_store_explicit(&s->idle_since, tk, memory_order_relaxed);
+        if (atomic_load(&p->closed) || atomic_load(&p->draining)) {
+            why = GONE_CLOSED;
+        } else if (atomic_load(&p->evict_epoch) != epoch) {
+            why = GONE_EVICTED; /* evicted or retargeted while it connected */
+        } else {
+            slot_set(s, SLOT_RETURNING);
+            if (!leash__wait_give_locked(p, s)) {
+                slot_set(s, SLOT_IDLE);
+                stack_push(p, s);
+            }
+        }
+    } else {
+        count(&p->connect_failures);
+        connect_failed_locked(p, now, clean);
+        if (req) {
+            req->connect_failed = 1;
+            snprintf(req->error, sizeof req->error, "pool \"%s\" (%s): connect to %s failed: %s",
+                     p->name, p->adapter->kind, t->desc, clean);
+        }
+        slot_set(s, SLOT_EMPTY);
+        atomic_store(&p->size, atomic_load(&p->size) - 1);
+        leash__wake_all_locked(p); /* each looks again: retry, or fail fast while down */
+    }
+    pthread_mutex_unlock(&p->lock);
+
+    if (why >= 0)
+        leash__retire(p, s, why);
+    if (!c && !req)
+        leash__log(LEASH_LOG_WARN, "pool \"%s\" (%s): connect to %s failed: %s", p->name,
+                   p->adapter->kind, t->desc, clean);
+    const struct leash_hooks_box *hb = pool_hooks(p);
+    if (hb && hb->hooks.on_connect)
+        hb->hooks.on_connect(p, took, c ? LEASH_OK : LEASH_ECONNECT, hb->arg);
+    job_done(j);
+    return NULL;
+}
+
+int leash__connect_start_locked(struct leash_pool *p, struct leash_waiter *requester)
+{
+    if (atomic_load(&p->closed) || atomic_load(&p->draining))
+        return 0;
+    uint32_t connecting = atomic_load(&p->connecting);
+    if (pool_down(p)) {
+        if (connecting || leash__mono_ns() < p->next_attempt_ns)
+            return 0; /* one probe at a time, after the backoff */
+    } else if (p->max_connecting > 0 && connecting >= (uint32_t)p->max_connecting) {
+        return 0;
+    }
+    struct leash_handle *s = leash__reserve_locked(p);
+    if (!s)
+        return 0;
+    struct job *j = leash__calloc(1, sizeof *j);
+    if (j) {
+        j->pool = p;
+        j->slot = s;
+        j->requester = requester;
+        pthread_mutex_lock(&jobs_lock);
+        /* Started with the pool lock held: the job's first step (connect) needs no lock, and
+         * the bookkeeping below must see it started. */
+        int rc = pthread_create(&j->thread, NULL, job_main, j);
+        if (rc == 0) {
+            j->next = jobs;
+            jobs = j;
+        }
+        pthread_mutex_unlock(&jobs_lock);
+        if (rc == 0) {
+            atomic_store(&p->connecting, connecting + 1);
+            if (requester)
+                requester->job = j;
+            return 1;
+        }
+        leash__free(j);
+    }
+    slot_set(s, SLOT_EMPTY);
+    atomic_store(&p->size, atomic_load(&p->size) - 1);
+    if (requester) {
+        requester->connect_failed = 1;
+        snprintf(requester->error, sizeof requester->error,
+                 "pool \"%s\": cannot start a connect: %s", p->name,
+                 j ? "no thread could be created" : "out of memory");
+    }
+    return -1;
+}
+
+void leash__connect_orphan_locked(struct leash_pool *p, struct leash_waiter *w)
+{
+    (void)p;
+    struct job *j = w->job;
+    if (j)
+        j->requester = NULL;
+    w->job = NULL;
+}
+
+void leash__connect_reap(int all)
+{
+    for (;;) {
+        struct job *mine = NULL;
+        pthread_mutex_lock(&jobs_lock);
+        for (struct job **jp = &jobs; *jp;) {
+            struct job *j = *jp;
+            if (all || atomic_load(&j->done)) {
+                *jp = j->next;
+                j->next = mine;
+                mine = j;
+            } else {
+                jp = &j->next;
+            }
+        }
+        pthread_mutex_unlock(&jobs_lock);
+        if (!mine)
+            return;
+        while (mine) {
+            struct job *next = mine->next;
+            pthread_join(mine->thread, NULL);
+            leash__free(mine);
+            mine = next;
+        }
+        if (!all)
+            return;
+    }
+}
+
+void leash__connect_atfork(int phase)
+{
+    if (phase == 0) {
+        pthread_mutex_lock(&jobs_lock);
+        return;
+    }
+    pthread_mutex_unlock(&jobs_lock);
+    if (phase == 2) {
+        /* The parent's job threads do not exist here; their slots are fixed up by
+         * leash__pool_fixup_child. Their records go (not joinable here). */
+        struct job *j = jobs;
+        jobs = NULL;
+        while (j) {
+            struct job *next = j->next;
+            leash__free(j);
+            j = next;
+        }
+    }
+}
+
+/* ---- messages ---- */
+
+static void fmt_age(char *out, size_t outlen, uint64_t ns)
+{
+    if (ns >= 10000000000ull)
+        snprintf(out, outlen, "%llu s", (unsigned long long)(ns / 1000000000ull));
+    else if (ns >= 1000000ull)
+        snprintf(out, outlen, "%llu ms", (unsigned long long)(ns / 1000000ull));
+    else
+        snprintf(out, outlen, "%llu us", (unsigned long long)(ns / 1000ull));
+}
+
+void leash__describe_state(struct leash_pool *p, char *out, size_t outlen)
+{
+    struct top {
+        struct leash_handle *s;
+        uint64_t age;
+    } top[3] = {{0}};
+    uint32_t in_use = 0;
+    uint64_t now = leash__clock_raw();
+    FOR_EACH_SLOT(p, s)
+    {
+        if (slot_state(s) != SLOT_HELD)
+            continue;
+        in_use++;
+        uint64_t age = leash__clock_ns(ld(&s->since), now);
+        for (int k = 0; k < 3; k++) {
+            if (!top[k].s || age > top[k].age) {
+                for (int m = 2; m > k; m--)
+                    top[m] = top[m - 1];
+                top[k] = (struct top){s, age};
+                break;
+            }
+        }
+    }
+    int waiting = atomic_load(&p->nwaiters);
+    uint32_t connecting = atomic_load(&p->connecting);
+    size_t n = (size_t)snprintf(out, outlen, "size %u of %u, %u in use", atomic_load(&p->size),
+                                atomic_load(&p->nslots), in_use);
+    for (int k = 0; k < 3 && top[k].s && n < outlen; k++) {
+        char age[32];
+        fmt_age(age, sizeof age, top[k].age);
+        const char *file = atomic_load_explicit(&top[k].s->file, memory_order_relaxed);
+        const char *func = atomic_load_explicit(&top[k].s->func, memory_order_relaxed);
+        n += (size_t)snprintf(out + n, outlen - n, "%s%s:%d in %s() for %s", k ? ", " : " (by ",
+                              file ? file : "?",
+                              atomic_load_explicit(&top[k].s->line, memory_order_relaxed),
+                              func ? func : "?", age);
+    }
+    if (top[0].s && n < outlen)
+        n += (size_t)snprintf(out + n, outlen - n, "%s)", in_use > 3 ? ", ..." : "");
+    if (n < outlen)
+        n += (size_t)snprintf(out + n, outlen - n, ", %d %s", waiting,
+                              waiting == 1 ? "other waiter" : "other waiters");
+    if (connecting && n < outlen)
+        n += (size_t)snprintf(out + n, outlen - n, ", %u %s in flight", connecting,
+                              connecting == 1 ? "connect" : "connects");
+    pthread_mutex_lock(&p->lock);
+    if (p->last_error[0] && n < outlen)
+        snprintf(out + n, outlen - n, "; last connect error: %s", p->last_error);
+    pthread_mutex_unlock(&p->lock);
+}
+
+void leash__down_message(struct leash_pool *p, char *out, size_t outlen)
+{
+    uint64_t now = leash__mono_ns();
+    uint64_t since = atomic_load(&p->down_since_ns);
+    char age[32];
+    fmt_age(age, sizeof age, since && now > since ? now - since : 0);
+    pthread_mutex_lock(&p->lock);
+    uint64_t next = p->next_attempt_ns > now ? p->next_attempt_ns - now : 0;
+    snprintf(out, outlen,
+             "pool \"%s\" (%s): backend %s down for %s (%u connect attempts in a row failed; "
+             "next attempt in %llu ms); last error: %s",
+             p->name, p->adapter->kind, pool_target(p)->desc, age,
+             atomic_load(&p->consecutive_failures), (unsigned long long)(next / 1000000u),
+             p->last_error[0] ? p->last_error : "?");
+    pthread_mutex_unlock(&p->lock);
+}

@@ -1,0 +1,163 @@
+/* Borrow sites and histograms: a fixed table of sites per pool (lock-free claim by file and
+ * line, one overflow entry), per-slot accumulators folded in when a slot changes site, and
+ * the histogram buckets. Nothing here allocates. */
+#include "pool.h"
+
+#include <string.h>
+
+/* 10 us .. 30 s, roughly 1-2.5-5 per decade. */
+const uint64_t leash__hist_le[LEASH_HIST_BUCKETS] = {
+    10000ull,      25000ull,      50000ull,      100000ull,      250000ull,
+    500000ull,     1000000ull,    2500000ull,    5000000ull,     10000000ull,
+    25000000ull,   50000000ull,   100000000ull,  250000000ull,   500000000ull,
+    1000000000ull, 2500000000ull, 5000000000ull, 10000000000ull, 30000000000ull,
+};
+
+static uint64_t site_key(const char *file, int line)
+{
+    uint64_t k = (uint64_t)(uintptr_t)file * 0x9e3779b97f4a7c15ull ^ (uint64_t)(unsigned)line;
+    return k ? k : 1;
+}
+
+uint32_t leash__site_index(struct leash_pool *p, const char *file, int line, const char *func)
+{
+    if (!file)
+        return LEASH_SITE_OTHER;
+    uint64_t key = site_key(file, line);
+    uint32_t start = (uint32_t)(key >> 40) % LEASH_SITES;
+    for (uint32_t k = 0; k < LEASH_SITES; k++) {
+        struct leash_site *e = &p->sites[(start + k) % LEASH_SITES];
+        uint64_t cur = atomic_load_explicit(&e->key, memory_order_acquire);
+        if (cur == 0) {
+            uint64_t expect = 0;
+            if (atomic_compare_exchange_strong(&e->key, &expect, key)) {
+                atomic_store_explicit(&e->file, file, memory_order_relaxed);
+                atomic_store_explicit(&e->func, func, memory_order_relaxed);
+                atomic_store_explicit(&e->line, line, memory_order_relaxed);
+                /* release: pairs with the acquire of readers that check ready */
+                atomic_store_explicit(&e->ready, 1, memory_order_release);
+                return (start + k) % LEASH_SITES;
+            }
+            cur = expect;
+        }
+        if (cur == key) {
+            /* Two sites could share a key; then they share an entry (1 in 2^64). */
+            return (start + k) % LEASH_SITES;
+        }
+    }
+    return LEASH_SITE_OTHER;
+}
+
+void leash__count_problem(struct leash_pool *p, const char *file, int line, const char *func,
+                          int kind)
+{
+    uint32_t i = leash__site_index(p, file, line, func);
+    atomic_fetch_add_explicit(&p->sites[i].n[kind], 1, memory_order_relaxed);
+}
+
+void leash__site_flush(struct leash_pool *p, struct leash_handle *s)
+{
+    uint32_t i = atomic_load_explicit(&s->acc_site, memory_order_relaxed);
+    if (i > LEASH_SITE_OTHER)
+        return;
+    struct leash_site *e = &p->sites[i];
+    atomic_fetch_add_explicit(&e->acquired, ld(&s->acc_acquired), memory_order_relaxed);
+    atomic_fetch_add_explicit(&e->wait_total, ld(&s->acc_wait_total), memory_order_relaxed);
+    atomic_fetch_add_explicit(&e->hold_total, ld(&s->acc_hold_total), memory_order_relaxed);
+    count_max(&e->wait_max, ld(&s->acc_wait_max));
+    count_max(&e->hold_max, ld(&s->acc_hold_max));
+    atomic_store_explicit(&s->acc_acquired, 0, memory_order_relaxed);
+    atomic_store_explicit(&s->acc_wait_total, 0, memory_order_relaxed);
+    atomic_store_explicit(&s->acc_hold_total, 0, memory_order_relaxed);
+    atomic_store_explicit(&s->acc_wait_max, 0, memory_order_relaxed);
+    atomic_store_explicit(&s->acc_hold_max, 0, memory_order_relaxed);
+}
+
+/* Site i's numbers: the table plus what slots still accumulate for it. Async-signal-safe. */
+void leash__site_get(struct leash_pool *p, uint32_t i, leash_site_stats *out)
+{
+    struct leash_site *e = &p->sites[i];
+    memset(out, 0, sizeof *out);
+    if (i == LEASH_SITE_OTHER) {
+        out->file = "(other sites)";
+        out->func = "";
+    } else {
+        out->file = atomic_load_explicit(&e->file, memory_order_relaxed);
+        out->func = atomic_load_explicit(&e->func, memory_order_relaxed);
+        out->line = atomic_load_explicit(&e->line, memory_order_relaxed);
+    }
+    out->acquired = ld(&e->acquired);
+    out->timeouts = ld(&e->timeouts);
+    out->wait_ns_total = ld(&e->wait_total);
+    out->wait_ns_max = ld(&e->wait_max);
+    out->hold_ns_total = ld(&e->hold_total);
+    out->hold_ns_max = ld(&e->hold_max);
+    out->leaks = ld(&e->n[PROB_RECLAIMED]) + ld(&e->n[PROB_SUSPECTED]) + ld(&e->n[PROB_AT_CLOSE]);
+    out->dirty_returns = ld(&e->n[PROB_DIRTY]);
+    out->misuse = ld(&e->n[PROB_MISUSE]);
+    FOR_EACH_SLOT(p, s)
+    {
+        if (atomic_load_explicit(&s->acc_site, memory_order_relaxed) == i) {
+            out->acquired += ld(&s->acc_acquired);
+            out->wait_ns_total += ld(&s->acc_wait_total);
+            out->hold_ns_total += ld(&s->acc_hold_total);
+            if (ld(&s->acc_wait_max) > out->wait_ns_max)
+                out->wait_ns_max = ld(&s->acc_wait_max);
+            if (ld(&s->acc_hold_max) > out->hold_ns_max)
+                out->hold_ns_max = ld(&s->acc_hold_max);
+        }
+        uint64_t w = slot_word(s);
+        if (w_state(w) == SLOT_HELD && atomic_load_explicit(&s->site, memory_order_relaxed) == i)
+            out->held_now++;
+    }
+}
+
+/* Site i is in use. */
+int leash__site_used(struct leash_pool *p, uint32_t i)
+{
+    struct leash_site *e = &p->sites[i];
+    if (i == LEASH_SITE_OTHER) {
+        leash_site_stats st;
+        leash__site_get(p, i, &st);
+        return st.acquired || st.timeouts || st.leaks || st.misuse || st.dirty_returns;
+    }
+    return atomic_load_explicit(&e->ready, memory_order_acquire) != 0;
+}
+
+/* Fills idx with the used sites of p, most acquired first; returns how many. AS-safe. */
+int leash__sites_sorted(struct leash_pool *p, uint32_t *idx, uint64_t *acq)
+{
+    int n = 0;
+    for (uint32_t i = 0; i <= LEASH_SITE_OTHER; i++) {
+        if (!leash__site_used(p, i))
+            continue;
+        leash_site_stats st;
+        leash__site_get(p, i, &st);
+        int j = n++;
+        while (j > 0 && acq[j - 1] < st.acquired) {
+            idx[j] = idx[j - 1];
+            acq[j] = acq[j - 1];
+            j--;
+        }
+        idx[j] = i;
+        acq[j] = st.acquired;
+    }
+    return n;
+}
+
+int leash_pool_sites(leash_pool *p, leash_site_stats *out, int max)
+{
+    if (!p || p->magic != LEASH_POOL_MAGIC || max < 0 || (max > 0 && !out)) {
+        leash__fail(LEASH_EINVAL, "leash_pool_sites: %s",
+                    !p || p->magic != LEASH_POOL_MAGIC ? "not a pool"
+                    : max < 0                          ? "max is negative"
+                                                       : "out is NULL");
+        return -1;
+    }
+    uint32_t idx[LEASH_SITES + 1];
+    uint64_t acq[LEASH_SITES + 1];
+    int n = leash__sites_sorted(p, idx, acq);
+    for (int i = 0; i < n && i < max; i++)
+        leash__site_get(p, idx[i], &out[i]);
+    return n;
+}
