@@ -133,6 +133,10 @@ void assert_invariant(leash_pool *p)
     leash_pool_stats s = stats(p);
     assert_int_equal(s.acquired,
                      s.released + s.discarded + s.leaks_reclaimed + s.leaks_at_close + s.in_use);
+    /* Every destroyed connection is counted under exactly one reason. */
+    assert_int_equal(s.destroyed, s.destroyed_broken + s.destroyed_dirty + s.destroyed_idle +
+                                      s.destroyed_lifetime + s.destroyed_evicted +
+                                      s.destroyed_invalid + s.destroyed_closed);
 }
 
 void assert_balanced(leash_pool *p)

@@ -18,6 +18,9 @@ struct fake_stats fake;
 _Atomic int fake_fail_connect;
 _Atomic int fake_connect_delay_ms;
 _Atomic int fake_validate_result;
+_Atomic int fake_connecting, fake_connecting_peak;
+_Atomic int fake_hang;
+char fake_peer[64];
 static _Atomic int next_id;
 
 void fake_reset(void)
@@ -26,14 +29,24 @@ void fake_reset(void)
     fake_fail_connect = 0;
     fake_connect_delay_ms = 0;
     fake_validate_result = 0;
+    fake_connecting = fake_connecting_peak = 0;
+    fake_hang = 0;
+    fake_peer[0] = '\0';
 }
 
 static void *f_connect(void *ctx, const char *target, char *err, size_t errlen)
 {
     (void)ctx;
+    int now = ++fake_connecting;
+    int peak = fake_connecting_peak;
+    while (now > peak && !atomic_compare_exchange_weak(&fake_connecting_peak, &peak, now))
+        ;
     int d = fake_connect_delay_ms;
     if (d)
         sleep_ms(d);
+    for (int i = 0; fake_hang && i < 10000; i++)
+        sleep_ms(1);
+    fake_connecting--;
     if (fake_fail_connect) {
         fake.connect_fails++;
         /* A real adapter's message may quote its target: the core must redact it. */
@@ -86,6 +99,24 @@ static void f_describe(void *ctx, const char *target, char *out, size_t outlen)
     snprintf(out, outlen, "fake:%.*s", (int)strcspn(target, "?"), target);
 }
 
+static int f_retarget(void *ctx, const char *target, char *err, size_t errlen)
+{
+    (void)ctx;
+    if (strstr(target, "bad")) {
+        /* Quotes the target: the core must redact it. */
+        snprintf(err, errlen, "cannot use %s", target);
+        return -1;
+    }
+    return 0;
+}
+
+static void f_peer(void *ctx, void *conn, char *out, size_t outlen)
+{
+    (void)ctx;
+    (void)conn;
+    snprintf(out, outlen, "%s", fake_peer);
+}
+
 static void f_ctx_free(void *ctx)
 {
     fake.ctx_frees++;
@@ -110,6 +141,8 @@ const leash_adapter fake_adapter_described = {
     .abandon = f_abandon,
     .describe = f_describe,
     .ctx_free = f_ctx_free,
+    .retarget = f_retarget,
+    .peer = f_peer,
 };
 
 int fake_teardown(void **state)

@@ -24,8 +24,16 @@ extern struct fake_stats fake;
 extern _Atomic int fake_fail_connect; /* connect fails while non-zero */
 extern _Atomic int fake_connect_delay_ms;
 extern _Atomic int fake_validate_result;
+/* Connects in flight right now, and the most seen at once since fake_reset(). */
+extern _Atomic int fake_connecting, fake_connecting_peak;
+/* While non-zero, connect blocks (a server that accepts and never answers), at most 10 s. */
+extern _Atomic int fake_hang;
+/* The peer fake_adapter_described reports for new connections ("" : none). */
+extern char fake_peer[64];
 extern const leash_adapter fake_adapter;           /* no describe: the core redacts */
-extern const leash_adapter fake_adapter_described; /* with describe and ctx_free */
+extern const leash_adapter fake_adapter_described; /* with describe, ctx_free, retarget (refuses
+                                                      a target containing "bad", with a message
+                                                      quoting it) and peer (fake_peer) */
 
 /* Zeroes the counters and knobs. */
 void fake_reset(void);
