@@ -8,7 +8,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export LEASH_SERVERS_DIR=${LEASH_SERVERS_DIR:-/tmp/leash-servers}
-all=(redis pg pgbouncer nginx pgha)
+all=(redis pg pgbouncer nginx pgha sentinel)
 
 usage() { echo "usage: $0 start|stop|restart|status [all|${all[*]// /|}]..." >&2; exit 2; }
 [ $# -ge 1 ] || usage

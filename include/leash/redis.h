@@ -15,10 +15,21 @@ LEASH_EXPORT extern const leash_adapter leash_redis_adapter;
 /* Opens a pool of Redis connections to url:
  *   redis://[[user]:password@]host[:port][/db][?connect_timeout_ms=N&command_timeout_ms=N]
  *   unix:///path/redis.sock[?db=N&connect_timeout_ms=N&command_timeout_ms=N]
- * host is a name, an IPv4 address or a bracketed IPv6 address; port 1..65535 (6379);
- * db >= 0; connect_timeout_ms defaults to 2000, command_timeout_ms to 5000.
+ *   redis-sentinel://[[user]:password@]host[:port][,host[:port]]...[/db][?options]#master-name
+ * host is a name, an IPv4 address or a bracketed IPv6 address; port 1..65535 (6379; 26379 for
+ * a sentinel); db >= 0; connect_timeout_ms (2000) bounds the whole connect of one node (TCP,
+ * AUTH, SELECT, ROLE or PING), command_timeout_ms (5000) each later command.
+ * Sentinel options: sentinel_password and sentinel_user (for the sentinels; the user info is
+ * for the data nodes), role=master (default) or role=replica (read-only connections, round
+ * robin over the replicas the sentinels list as healthy). Connections go to the node the
+ * sentinels name, checked with ROLE before they are lent; a watcher thread retires them
+ * when the master moves (+switch-master), so none is lent to a demoted master.
+ * Passwords (user info and option values) are percent-decoded (%40 for '@'). A raw
+ * '/', '#', '@', ':', '[' or ']' in the user info's password is taken whole; a raw '?' too in
+ * redis:// (refused in redis-sentinel://, whose options may hold an '@'); a '%' must start
+ * a %XX escape. In option values write '&', '#' and '%' encoded.
  * The URL is checked at once: a malformed one returns NULL with LEASH_EINVAL and a
- * message naming the bad part (never the password). opts NULL: pool defaults. */
+ * message naming the bad part (never any part of a password). opts NULL: pool defaults. */
 LEASH_EXPORT leash_pool *leash_redis_pool(const char *name, const char *url,
                                           const leash_pool_options *opts);
 /* The hiredis context of a held Redis handle, or NULL (h NULL, not held, not Redis).
@@ -31,8 +42,10 @@ LEASH_EXPORT redisContext *leash_redis(leash_handle *h);
  * caller frees it: freeReplyObject, or LEASH_REPLY), or NULL: LEASH_EINVAL for a bad
  * handle or format, LEASH_EIO for a connection failure and LEASH_ETIMEDOUT for a timeout
  * (both mark h broken); leash_last_error() says what happened. A Redis error reply
- * (REDIS_REPLY_ERROR) is a reply, not a failure. Never raises SIGPIPE. MULTI, WATCH,
- * SELECT and the subscribe commands are tracked: the release discards, unwatches and
+ * (REDIS_REPLY_ERROR) is a reply, not a failure; but -READONLY (the node is a replica now)
+ * also marks h broken, on any pool but a role=replica one, and on a Sentinel pool retires
+ * every connection to that node. Never raises SIGPIPE. MULTI, WATCH, SELECT and the
+ * subscribe commands are tracked from their replies: the release discards, unwatches and
  * selects back (counted dirty); a subscribed connection is destroyed. */
 LEASH_EXPORT redisReply *leash_redis_command(leash_handle *h, const char *fmt, ...)
 #if defined(__GNUC__) || defined(__clang__)

@@ -50,5 +50,9 @@ void test_strict_aborts_on_dirty_return(void **state);
 void test_no_sigpipe(void **state);
 void test_bad_urls(void **state);
 void test_bad_handles(void **state);
+void test_watch_left_by_error(void **state);
+void test_handshake_bounded(void **state);
+void test_password_delimiters(void **state);
+void test_retarget(void **state);
 
 #endif

@@ -23,6 +23,21 @@
 #define SRV_HTTP_PORT 18080         /* nginx, plain HTTP */
 #define SRV_HTTPS_PORT 18443        /* nginx, TLS with a certificate signed by srv_path("nginx/ca.pem") */
 
+/* Redis Sentinel (tests/servers.d/sentinel.sh): a master and its replica (both with
+ * SRV_SENTINEL_DATA_PASSWORD) watched by three sentinels (SRV_SENTINEL_PASSWORD) as
+ * SRV_SENTINEL_NAME, quorum 2. `srv_ctl("start", "sentinel")` restores that topology. */
+#define SRV_SENTINEL_MASTER_PORT 16391
+#define SRV_SENTINEL_REPLICA_PORT 16392
+#define SRV_SENTINEL_PORT1 16393
+#define SRV_SENTINEL_PORT2 16394
+#define SRV_SENTINEL_PORT3 16395
+#define SRV_SENTINEL_NAME "leash-master"
+#define SRV_SENTINEL_DATA_PASSWORD "leash-ha-pw"
+#define SRV_SENTINEL_PASSWORD "leash-sentinel-pw"
+#define SRV_SENTINEL_MASTER_PIDFILE "sentinel/redis-16391.pid"
+#define SRV_SENTINEL_REPLICA_PIDFILE "sentinel/redis-16392.pid"
+#define SRV_SENTINEL1_PIDFILE "sentinel/redis-16393.pid"
+
 /* The servers' folder: $LEASH_SERVERS_DIR, default /tmp/leash-servers. */
 const char *srv_dir(void);
 /* srv_dir() + "/" + rel, in a static buffer per call site's copy: copy it if you keep it. */

@@ -63,6 +63,7 @@ void test_client_kill(void **state)
     assert_null(leash_redis_command(h, "GET %s", "leash:kill"));
     assert_int_equal(leash_last_status(), LEASH_EIO);
     assert_non_null(strstr(leash_last_error(), "127.0.0.1:16379"));
+    assert_non_null(strstr(leash_last_error(), "pool \"kill\""));
     leash_release(&h);
     h = take(p);
     char *v = get(h, "leash:kill");
@@ -318,6 +319,138 @@ void test_unix_socket(void **state)
     char *d = dump(LEASH_FORMAT_TEXT);
     assert_non_null(strstr(d, "unix://"));
     free(d);
+    assert_balanced(p);
+}
+
+/* Bad input: a server that accepts the TCP connection but never answers (SIGSTOP), with a
+ * short connect_timeout_ms and a long command_timeout_ms. Every handshake step (AUTH,
+ * SELECT, PING) is bounded by the connect timeout: before, the handshake waited for the
+ * command timeout (5 s here). The acquire's own deadline is long, so only the adapter bounds
+ * it; the message says it was the handshake, with the pool's name. */
+void test_handshake_bounded(void **state)
+{
+    static const struct {
+        const char *url, *pidfile;
+    } cases[] = {
+        {URL "/3?connect_timeout_ms=300&command_timeout_ms=5000", SRV_REDIS_PIDFILE},
+        {AUTH_URL "/3?connect_timeout_ms=300&command_timeout_ms=5000", SRV_REDIS_AUTH_PIDFILE},
+    };
+    capture_start();
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        leash_pool_options o = {.max_size = 1, .acquire_timeout_ms = 5000};
+        leash_pool *p = leash_redis_pool("handshake", cases[i].url, &o);
+        assert_non_null(p);
+        assert_int_equal(srv_signal(cases[i].pidfile, SIGSTOP), 0);
+        double t0 = now_s();
+        leash_handle *h = leash_acquire(p);
+        double took = now_s() - t0;
+        leash_status st = leash_last_status();
+        char msg[LEASH_NAME_MAX + 600];
+        snprintf(msg, sizeof msg, "%s", leash_last_error());
+        assert_int_equal(srv_signal(cases[i].pidfile, SIGCONT), 0);
+        assert_null(h);
+        if (took < 0.25 || took > 1.0)
+            fail_msg("#%zu: the acquire took %.3f s (connect timeout 300 ms): %s", i, took, msg);
+        assert_int_equal(st, LEASH_ECONNECT);
+        if (!strstr(msg, "connect timeout") || !strstr(msg, "\"handshake\""))
+            fail_msg("#%zu: \"%s\" does not say the handshake timed out, or the pool", i, msg);
+        assert_null(strstr(msg, SRV_REDIS_PASSWORD));
+        leash_pool_close(p);
+    }
+    assert_null(strstr(log_text, SRV_REDIS_PASSWORD));
+}
+
+struct hammer {
+    leash_pool *pool;
+    atomic_int *stop;
+    int ok, failures;
+};
+
+static void *hammer_main(void *arg)
+{
+    struct hammer *w = arg;
+    while (!atomic_load(w->stop)) {
+        leash_handle *h = leash_acquire(w->pool);
+        LEASH_REPLY redisReply *r = h ? leash_redis_command(h, "INCR %s", "leash:retarget") : NULL;
+        if (r && r->type == REDIS_REPLY_INTEGER)
+            w->ok++;
+        else
+            w->failures++;
+        leash_release(&h);
+    }
+    return NULL;
+}
+
+/* The port of the server h's connection is on (CLIENT INFO's laddr). */
+static int server_port(leash_handle *h)
+{
+    char *laddr = client_info(h, "laddr");
+    const char *colon = strrchr(laddr, ':');
+    int port = colon ? atoi(colon + 1) : -1;
+    free(laddr);
+    return port;
+}
+
+/* leash_pool_retarget. Bad input: malformed URLs, one with a password, are refused with
+ * LEASH_EINVAL, no part of the password shown, and change nothing. A good one moves new
+ * connections while 4 threads borrow all along (connects in flight finish with the target
+ * they took); the dumps show where each connection goes (the adapter's peer). */
+void test_retarget(void **state)
+{
+    capture_start();
+    leash_pool *p = pool("retarget", URL, 3);
+    leash_handle *h = take(p);
+    assert_int_equal(server_port(h), SRV_REDIS_PORT);
+    leash_release(&h);
+    static const char *const bad[] = {
+        "redis://:s3cr3t-Pw@127.0.0.1:99999",
+        "redis://:s3cr3t%zz-Pw@127.0.0.1",
+        "http://127.0.0.1:16380",
+        "redis-sentinel://:s3cr3t-Pw@127.0.0.1",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        assert_int_equal(leash_pool_retarget(p, bad[i]), LEASH_EINVAL);
+        const char *msg = leash_last_error();
+        if (strstr(msg, "s3cr3t") || strstr(msg, "Pw") || !strstr(msg, "retarget"))
+            fail_msg("#%zu: \"%s\"", i, msg);
+    }
+    h = take(p);
+    assert_int_equal(server_port(h), SRV_REDIS_PORT); /* nothing changed */
+    leash_release(&h);
+
+    enum { THREADS = 4 };
+    atomic_int stop = 0;
+    pthread_t t[THREADS];
+    struct hammer w[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        w[i] = (struct hammer){.pool = p, .stop = &stop};
+        assert_int_equal(pthread_create(&t[i], NULL, hammer_main, &w[i]), 0);
+    }
+    for (int i = 0; i < 10; i++) {
+        sleep_ms(40);
+        assert_int_equal(leash_pool_retarget(p, i % 2 ? URL : AUTH_URL "/2"), LEASH_OK);
+    }
+    sleep_ms(40);
+    atomic_store(&stop, 1);
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(t[i], NULL);
+        assert_true(w[i].ok > 0);
+    }
+    assert_int_equal(leash_pool_retarget(p, AUTH_URL "/2"), LEASH_OK);
+    h = take(p);
+    assert_int_equal(server_port(h), SRV_REDIS_AUTH_PORT);
+    char *db = client_info(h, "db");
+    assert_string_equal(db, "2");
+    free(db);
+    char *d = dump(LEASH_FORMAT_JSON);
+    if (!strstr(d, "127.0.0.1:16380"))
+        fail_msg("the dump does not show the peer: %s", d);
+    assert_null(strstr(d, SRV_REDIS_PASSWORD));
+    free(d);
+    leash_release(&h);
+    assert_null(strstr(leash_pool_target(p), SRV_REDIS_PASSWORD));
+    assert_non_null(strstr(leash_pool_target(p), "16380"));
+    assert_null(strstr(log_text, SRV_REDIS_PASSWORD));
     assert_balanced(p);
 }
 

@@ -147,6 +147,96 @@ void test_bad_urls(void **state)
     }
 }
 
+/* Runs ACL SETUSER name reset on >pw ~* &* +@all on the password-less instance (argv form). */
+static void acl_user(redisContext *ad, const char *name, const char *pw)
+{
+    char pass[64];
+    snprintf(pass, sizeof pass, ">%s", pw);
+    const char *argv[] = {"ACL", "SETUSER", name, "reset", "on", pass, "~*", "&*", "+@all"};
+    redisReply *r = redisCommandArgv(ad, 9, argv, NULL);
+    if (!r || r->type != REDIS_REPLY_STATUS)
+        fail_msg("ACL SETUSER: %s", r ? r->str : ad->errstr);
+    freeReplyObject(r);
+}
+
+/* Fails if any text leash shows (the last error, the log, every dump format, the pool's
+ * target) holds a piece of the password: a, b are its two halves around the delimiter. */
+static void assert_hidden(leash_pool *p, const char *a, const char *b, const char *what)
+{
+    const char *texts[5] = {leash_last_error(), log_text, p ? leash_pool_target(p) : ""};
+    char *d[3];
+    for (leash_format f = LEASH_FORMAT_TEXT; f <= LEASH_FORMAT_PROMETHEUS; f++)
+        d[f] = dump(f);
+    for (int i = 0; i < 6; i++) {
+        const char *t = i < 3 ? texts[i] : d[i - 3];
+        if (strstr(t, a) || strstr(t, b))
+            fail_msg("%s: text %d shows part of the password: %s", what, i, t);
+    }
+    for (int f = 0; f < 3; f++)
+        free(d[f]);
+}
+
+/* Bad input: a password holding each URL delimiter, raw and percent-encoded, right and wrong.
+ * Raw, each is taken whole (the connect as that ACL user succeeds) except '%' not starting a
+ * %XX escape, which is refused with LEASH_EINVAL; encoded, each works. No message, log line,
+ * dump or description shows a piece of any of them (before, a '/' in a password made its
+ * first half "the port"). */
+void test_password_delimiters(void **state)
+{
+    static const char delims[] = "/?#@:[]%";
+    redisContext *ad = admin();
+    capture_start();
+    for (const char *c = delims; *c; c++) {
+        char pw[32], url[160], what[64];
+        snprintf(pw, sizeof pw, "Xq7%cZk9pw", *c);
+        acl_user(ad, "leash-delim", pw);
+        /* raw */
+        snprintf(url, sizeof url, "redis://leash-delim:%s@127.0.0.1:16379/0", pw);
+        snprintf(what, sizeof what, "raw '%c'", *c);
+        leash_pool *p = leash_redis_pool("delim", url, NULL);
+        if (*c == '%') {
+            assert_null(p);
+            assert_int_equal(leash_last_status(), LEASH_EINVAL);
+            assert_non_null(strstr(leash_last_error(), "percent-escape"));
+            assert_hidden(NULL, "Xq7", "Zk9", what);
+        } else {
+            if (!p)
+                fail_msg("%s: %s", what, leash_last_error());
+            leash_handle *h = take(p);
+            LEASH_REPLY redisReply *who = must(h, "ACL WHOAMI");
+            assert_string_equal(who->str, "leash-delim");
+            leash_release(&h);
+            assert_hidden(p, "Xq7", "Zk9", what);
+            leash_pool_close(p);
+        }
+        /* percent-encoded */
+        snprintf(url, sizeof url, "redis://leash-delim:Xq7%%%02XZk9pw@127.0.0.1:16379", *c);
+        snprintf(what, sizeof what, "encoded '%c'", *c);
+        p = leash_redis_pool("delim", url, NULL);
+        if (!p)
+            fail_msg("%s: %s", what, leash_last_error());
+        leash_handle *h = take(p);
+        leash_release(&h);
+        assert_hidden(p, "Xq7", "Zk9", what);
+        leash_pool_close(p);
+        /* wrong, raw: refused at open ('%') or at connect, never shown */
+        snprintf(url, sizeof url, "redis://leash-delim:Wr0%cNg9pw@127.0.0.1:16379", *c);
+        snprintf(what, sizeof what, "wrong raw '%c'", *c);
+        p = leash_redis_pool("delim", url, NULL);
+        if (p) {
+            assert_null(leash_acquire(p));
+            assert_int_equal(leash_last_status(), LEASH_ECONNECT);
+            assert_non_null(strstr(leash_last_error(), "WRONGPASS"));
+        } else {
+            assert_int_equal(leash_last_status(), LEASH_EINVAL);
+        }
+        assert_hidden(p, "Wr0", "Ng9", what);
+        leash_pool_close(p);
+    }
+    freeReplyObject(admin_cmd(ad, "ACL DELUSER leash-delim"));
+    redisFree(ad);
+}
+
 /* NULL and non-Redis handles, a NULL format: LEASH_EINVAL, no crash. */
 void test_bad_handles(void **state)
 {

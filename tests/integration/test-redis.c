@@ -321,6 +321,51 @@ void test_state_left_behind(void **state)
     assert_balanced(p);
 }
 
+/* Bad input: WATCH, then DISCARD or EXEC without MULTI. Both are error replies that leave the
+ * key watched (before, the adapter took the command for the end of the WATCH and released the
+ * connection as clean): the release must UNWATCH, so the next borrower's transaction does not
+ * come back nil because another client changed a key it never watched. A transaction that
+ * really ended (EXEC after MULTI) leaves nothing to undo. */
+void test_watch_left_by_error(void **state)
+{
+    default_mode();
+    leash_pool *p = pool("watch", URL, 1);
+    redisContext *ad = admin();
+    static const char *const ends[] = {"DISCARD", "EXEC"};
+    for (int i = 0; i < 2; i++) {
+        leash_handle *h = take(p);
+        freeReplyObject(must(h, "WATCH %s", "leash:watch:k"));
+        LEASH_REPLY redisReply *e = leash_redis_command(h, "%s", ends[i]);
+        assert_non_null(e);
+        assert_int_equal(e->type, REDIS_REPLY_ERROR);
+        assert_non_null(strstr(e->str, "without MULTI"));
+        leash_release(&h);
+        freeReplyObject(admin_cmd(ad, "SET leash:watch:k changed-%d", i));
+        h = take(p);
+        freeReplyObject(must(h, "MULTI"));
+        freeReplyObject(must(h, "SET %s %s", "leash:watch:k", "mine"));
+        LEASH_REPLY redisReply *ex = must(h, "EXEC");
+        if (ex->type != REDIS_REPLY_ARRAY)
+            fail_msg("after %s without MULTI: the next borrower's EXEC came back type %d", ends[i],
+                     ex->type);
+        leash_release(&h);
+        assert_int_equal(stats(p).dirty_returns, i + 1);
+    }
+    /* WATCH, MULTI, EXEC: the transaction ended, the keys are unwatched: a clean return */
+    leash_handle *h = take(p);
+    freeReplyObject(must(h, "WATCH %s", "leash:watch:k"));
+    freeReplyObject(must(h, "MULTI"));
+    freeReplyObject(must(h, "GET %s", "leash:watch:k"));
+    freeReplyObject(must(h, "EXEC"));
+    leash_release(&h);
+    leash_pool_stats s = stats(p);
+    assert_int_equal(s.dirty_returns, 2);
+    assert_int_equal(s.destroyed, 0);
+    assert_int_equal(s.created, 1);
+    redisFree(ad);
+    assert_balanced(p);
+}
+
 /* A command that outlives command_timeout_ms (even after a borrower changed the timeout on the
  * raw context): LEASH_ETIMEDOUT, the handle is broken (not dirty, so strict mode stays quiet)
  * and its release destroys the connection. */
@@ -339,6 +384,8 @@ void test_command_timeout(void **state)
     assert_null(r);
     assert_int_equal(leash_last_status(), LEASH_ETIMEDOUT);
     assert_non_null(strstr(leash_last_error(), "200 ms"));
+    assert_non_null(strstr(leash_last_error(), "pool \"timeout\""));
+    assert_null(strstr(leash_last_error(), "waiting for a handle"));
     assert_true(took >= 0.15 && took < 1.0);
     /* the context is errored for good: later commands fail at once */
     assert_null(leash_redis_command(h, "PING"));
@@ -363,6 +410,10 @@ int main(void)
         cmocka_unit_test_teardown(test_many_threads, teardown),
         cmocka_unit_test_teardown(test_stale_reply, teardown),
         cmocka_unit_test_teardown(test_state_left_behind, teardown),
+        cmocka_unit_test_teardown(test_watch_left_by_error, teardown),
+        cmocka_unit_test_teardown(test_handshake_bounded, teardown),
+        cmocka_unit_test_teardown(test_password_delimiters, teardown),
+        cmocka_unit_test_teardown(test_retarget, teardown),
         cmocka_unit_test_teardown(test_command_timeout, teardown),
         cmocka_unit_test_teardown(test_client_kill, teardown),
         cmocka_unit_test_teardown(test_wrong_password, teardown),
