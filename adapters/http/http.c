@@ -1,13 +1,13 @@
 /* HTTP adapter: pools of libcurl easy handles that keep their connections alive. */
 #include "common.h"
-
-#include <leash/http.h>
+#include "http-internal.h"
 
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,28 +21,33 @@
  * CURLOPT_FOLLOWLOCATION on through leash_http() gets https-only redirects, this many. */
 #define HTTP_MAX_REDIRS 5L
 #define HTTP_METHOD_MAX 32
+#define HTTP_PEER_MAX 300
 
-/* Called once from the manager's initialisation (and defensively from pool open). */
-void leash__http_global_init(void);
-/* The easy handle of a held HTTP handle without counting it as a raw borrow (tests read
- * CURLINFO_* through it); NULL as leash_http. */
-CURL *leash__http_easy(leash_handle *h);
-/* Test hook: takes (lock 1) or drops (lock 0) the DNS lock of the share of h's pool, as
- * libcurl does around a DNS cache lookup. */
-void leash__http_share_hold(leash_handle *h, int lock);
+/* One base URL of a pool: the one it opened with, then one per leash_pool_retarget.
+ * Immutable once published. A connection keeps the one it was made for (the core retires
+ * connections made before a retarget), so every version lives until the context is freed. */
+typedef struct http_base {
+    char *url; /* validated, no trailing '/' */
+    size_t len;
+    char shown[LEASH_ERR_MAX / 2]; /* url without password, for messages */
+    char peer[HTTP_PEER_MAX];      /* "host:port", for the adapter's peer hook */
+    struct http_base *older;
+} http_base;
 
 /* The pool's adapter context: the parsed options and the share object. */
 typedef struct http_ctx {
-    char *base; /* validated, no trailing '/' */
-    size_t base_len;
-    char shown[LEASH_ERR_MAX / 2]; /* base without password, for messages */
+    char name[LEASH_NAME_MAX + 1]; /* the pool's, for messages */
+    /* The newest base URL: stored under retarget_lock with release order, read by connects
+     * with acquire order (a new connection sees a fully built version). */
+    _Atomic(http_base *) base;
+    pthread_mutex_t retarget_lock;
     long connect_timeout_ms, timeout_ms;
     size_t max_body;
     struct curl_slist *headers;
     char *ca_file;
     int insecure;
     CURLSH *share;
-    struct http_ctx *next; /* every live context, for the fork handlers */
+    struct http_ctx *next; /* every live context, for the fork hooks */
     pthread_mutex_t locks[CURL_LOCK_DATA_LAST];
 } http_ctx;
 
@@ -50,10 +55,11 @@ typedef struct http_ctx {
 typedef struct http_conn {
     CURL *curl;
     http_ctx *ctx;
-    int raw;    /* leash_http() gave the easy handle out: full reset on release */
-    int method; /* a helper set a method other than GET: undo on release */
-    int over;   /* the body went over max_body */
-    char *buf;  /* the response being received */
+    const http_base *base; /* the base URL it was made for */
+    int raw;               /* leash_http() gave the easy handle out: full reset on release */
+    int method;            /* a helper set a method other than GET: undo on release */
+    int over;              /* the body went over max_body */
+    char *buf;             /* the response being received */
     size_t len, cap;
     char *url; /* the last URL given to curl */
     size_t url_cap;
@@ -61,13 +67,65 @@ typedef struct http_conn {
     char errbuf[CURL_ERROR_SIZE];
 } http_conn;
 
-static pthread_once_t global_once = PTHREAD_ONCE_INIT;
-static CURLcode global_rc = CURLE_OK;
+/* ---- messages ---- */
 
-/* Every pool's share locks are taken around fork(), so a child never inherits one held
- * by a thread that does not exist there. */
+/* "http pool \"name\": " then fmt into out; returns st. Every message of this adapter
+ * starts with the pool's name. */
+LEASH_PRINTF(5, 0)
+static leash_status vsay(char *out, size_t outlen, const char *name, leash_status st,
+                         const char *fmt, va_list ap)
+{
+    int n = name ? snprintf(out, outlen, "http pool \"%.*s\": ", LEASH_NAME_MAX, name)
+                 : snprintf(out, outlen, "http pool: ");
+    if (n > 0 && (size_t)n < outlen)
+        vsnprintf(out + n, outlen - (size_t)n, fmt, ap);
+    return st;
+}
+
+LEASH_PRINTF(5, 6)
+static leash_status say(char *out, size_t outlen, const char *name, leash_status st,
+                        const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsay(out, outlen, name, st, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+/* The same as this thread's last error. */
+LEASH_PRINTF(3, 4) static leash_status fail(const char *name, leash_status st, const char *fmt, ...)
+{
+    char msg[LEASH_ERR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsay(msg, sizeof msg, name, st, fmt, ap);
+    va_end(ap);
+    return leash__fail(st, "%s", msg);
+}
+
+static const char *plural(size_t n)
+{
+    return n == 1 ? "" : "s";
+}
+
+/* ---- process-wide state: curl's global init, the fork hooks ---- */
+
+/* Every pool's share locks are taken around fork() (from the core's own atfork handlers,
+ * after the core's locks), so a child never inherits one held by a thread that does not
+ * exist there. Lock order: ctxs_lock, then each context's locks in index order. */
 static pthread_mutex_t ctxs_lock = PTHREAD_MUTEX_INITIALIZER;
 static http_ctx *ctxs;
+
+static int http_process_init(void)
+{
+    CURLcode rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+    if (rc != CURLE_OK) {
+        leash__log(LEASH_LOG_ERROR, "http: curl_global_init failed: %s", curl_easy_strerror(rc));
+        return -1;
+    }
+    return 0;
+}
 
 /* Takes all of ctx's locks, or none and retries: libcurl might nest two of them. */
 static void lock_all(http_ctx *ctx)
@@ -84,30 +142,20 @@ static void lock_all(http_ctx *ctx)
     }
 }
 
-static void fork_prepare(void)
+static void http_fork_prepare(void)
 {
     pthread_mutex_lock(&ctxs_lock);
     for (http_ctx *ctx = ctxs; ctx; ctx = ctx->next)
         lock_all(ctx);
 }
 
-static void fork_done(void)
+/* Parent and child alike: the forking thread holds every lock; it lets them go. */
+static void http_fork_done(void)
 {
     for (http_ctx *ctx = ctxs; ctx; ctx = ctx->next)
         for (int i = CURL_LOCK_DATA_LAST - 1; i >= 0; i--)
             pthread_mutex_unlock(&ctx->locks[i]);
     pthread_mutex_unlock(&ctxs_lock);
-}
-
-static void global_init_once(void)
-{
-    global_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
-    pthread_atfork(fork_prepare, fork_done, fork_done);
-}
-
-void leash__http_global_init(void)
-{
-    pthread_once(&global_once, global_init_once);
 }
 
 /* ---- the share object's locks ---- */
@@ -126,7 +174,7 @@ static void share_unlock(CURL *curl, curl_lock_data data, void *arg)
         pthread_mutex_unlock(&ctx->locks[data]);
 }
 
-/* ---- base URL ---- */
+/* ---- base URL and path ---- */
 
 static int bad_char(unsigned char ch)
 {
@@ -138,106 +186,217 @@ static int host_char(unsigned char ch)
     return isalnum(ch) || ch == '.' || ch == '-' || ch == '_' || ch == '%';
 }
 
-/* Checks url's syntax: http:// or https://, optional userinfo, a host (name, IPv4 or
- * [IPv6]), an optional port 1..65535 and an optional path prefix; no query, fragment,
- * space or control character. The message names the bad part, never the userinfo. */
-static leash_status check_base(const char *url)
+/* The scheme: p set past "http://" or "https://", or a refusal. A scheme is quoted only
+ * when it is one: letters, digits, '+', '-', '.' before the first "://". */
+static leash_status check_scheme(const char *name, const char *url, const char **p, char *why,
+                                 size_t whylen)
 {
-    const char *p;
-    if (!url)
-        return leash__fail(LEASH_EINVAL, "http pool: base URL is NULL");
-    if (!*url)
-        return leash__fail(LEASH_EINVAL, "http pool: base URL is empty");
     if (strncasecmp(url, "http://", 7) == 0) {
-        p = url + 7;
-    } else if (strncasecmp(url, "https://", 8) == 0) {
-        p = url + 8;
-    } else {
-        const char *sep = strstr(url, "://");
-        size_t n = sep ? (size_t)(sep - url) : 0;
-        for (size_t i = 0; i < n; i++)
-            if (!isalnum((unsigned char)url[i]) && !strchr("+-.", url[i]))
-                n = 0;
-        if (n == 0 || n > 16)
-            return leash__fail(LEASH_EINVAL,
-                               "http pool: bad base URL: scheme missing (want http:// or "
-                               "https://)");
-        return leash__fail(LEASH_EINVAL,
-                           "http pool: bad base URL: scheme \"%.*s\" not supported (want "
-                           "http:// or https://)",
-                           (int)n, url);
+        *p = url + 7;
+        return LEASH_OK;
     }
-    for (const char *q = url; *q; q++) {
-        if (bad_char((unsigned char)*q))
-            return leash__fail(LEASH_EINVAL,
-                               "http pool: bad base URL: space or control character at "
-                               "offset %zu",
-                               (size_t)(q - url));
+    if (strncasecmp(url, "https://", 8) == 0) {
+        *p = url + 8;
+        return LEASH_OK;
     }
-    size_t auth_len = strcspn(p, "/?#");
-    const char *end = p + auth_len;
-    /* userinfo: everything up to the last '@' of the authority; never shown */
-    const char *host = p;
-    for (const char *q = p; q < end; q++)
-        if (*q == '@')
-            host = q + 1;
-    if (host == end)
-        return leash__fail(LEASH_EINVAL, "http pool: bad base URL: host missing");
+    const char *sep = strstr(url, "://");
+    size_t n = sep ? (size_t)(sep - url) : 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)url[i]) && !strchr("+-.", url[i]))
+            n = 0;
+    if (n == 0 || n > 16)
+        return say(why, whylen, name, LEASH_EINVAL,
+                   "bad base URL: scheme missing (want http:// or https://)");
+    return say(why, whylen, name, LEASH_EINVAL,
+               "bad base URL: scheme \"%.*s\" not supported (want http:// or https://)", (int)n,
+               url);
+}
+
+/* Userinfo [u, end): no raw '/', '?', '#', '@', '[' or ']' (a password holding one could
+ * not be told from the host or path that follows: refused rather than split), and every
+ * '%' starts an escape. The message says what is wrong, never where, since a position
+ * inside a password tells a part of it. */
+static leash_status check_userinfo(const char *name, const char *u, const char *end, char *why,
+                                   size_t whylen)
+{
+    for (const char *q = u; q < end; q++) {
+        if (strchr("/?#@[]", *q))
+            return say(why, whylen, name, LEASH_EINVAL,
+                       "bad base URL: a '/', '?', '#', '@', '[' or ']' before the host's '@' "
+                       "(percent-encode it in a user name or password, and a '@' in the path "
+                       "as %%40)");
+        if (*q == '%' &&
+            !(q + 2 < end && isxdigit((unsigned char)q[1]) && isxdigit((unsigned char)q[2])))
+            return say(why, whylen, name, LEASH_EINVAL,
+                       "bad base URL: a '%%' in the user name or password is not followed by "
+                       "two hex digits");
+    }
+    return LEASH_OK;
+}
+
+/* Host and port [host, end): a name, IPv4 or [IPv6] host, an optional port 1..65535. */
+static leash_status check_host(const char *name, const char *url, const char *host, const char *end,
+                               char *why, size_t whylen)
+{
     const char *port = NULL;
+    if (host == end)
+        return say(why, whylen, name, LEASH_EINVAL, "bad base URL: host missing");
     if (*host == '[') {
         const char *close = memchr(host, ']', (size_t)(end - host));
         if (!close)
-            return leash__fail(LEASH_EINVAL,
-                               "http pool: bad base URL: IPv6 host without closing ']'");
+            return say(why, whylen, name, LEASH_EINVAL,
+                       "bad base URL: IPv6 host without closing ']'");
         if (close == host + 1)
-            return leash__fail(LEASH_EINVAL, "http pool: bad base URL: host missing");
+            return say(why, whylen, name, LEASH_EINVAL, "bad base URL: host missing");
         for (const char *q = host + 1; q < close; q++)
             if (!isxdigit((unsigned char)*q) && *q != ':' && *q != '.')
-                return leash__fail(LEASH_EINVAL, "http pool: bad base URL: bad IPv6 host");
+                return say(why, whylen, name, LEASH_EINVAL, "bad base URL: bad IPv6 host");
         if (close + 1 < end && close[1] != ':')
-            return leash__fail(LEASH_EINVAL, "http pool: bad base URL: junk after the IPv6 host");
+            return say(why, whylen, name, LEASH_EINVAL, "bad base URL: junk after the IPv6 host");
         if (close + 1 < end)
             port = close + 2;
     } else {
         const char *colon = memchr(host, ':', (size_t)(end - host));
         const char *hend = colon ? colon : end;
         if (hend == host)
-            return leash__fail(LEASH_EINVAL, "http pool: bad base URL: host missing");
+            return say(why, whylen, name, LEASH_EINVAL, "bad base URL: host missing");
         for (const char *q = host; q < hend; q++)
             if (!host_char((unsigned char)*q))
-                return leash__fail(LEASH_EINVAL,
-                                   "http pool: bad base URL: bad character '%c' in the host", *q);
+                return say(why, whylen, name, LEASH_EINVAL,
+                           "bad base URL: bad character in the host at offset %zu",
+                           (size_t)(q - url));
         if (colon)
             port = colon + 1;
     }
-    if (port) {
-        long v = 0;
-        int n = (int)(end - port);
-        if (n == 0)
-            return leash__fail(LEASH_EINVAL, "http pool: bad base URL: port missing after ':'");
-        for (const char *q = port; q < end; q++) {
-            if (!isdigit((unsigned char)*q) || n > 5)
-                return leash__fail(LEASH_EINVAL,
-                                   "http pool: bad base URL: port \"%.*s\" is not 1..65535",
-                                   n > 16 ? 16 : n, port);
-            v = v * 10 + (*q - '0');
-        }
-        if (v < 1 || v > 65535)
-            return leash__fail(LEASH_EINVAL, "http pool: bad base URL: port %ld is not 1..65535",
-                               v);
+    if (!port)
+        return LEASH_OK;
+    /* Never quoted: without a '@', a password typed after "user:" reads as a port. */
+    long v = 0;
+    if (port == end)
+        return say(why, whylen, name, LEASH_EINVAL, "bad base URL: port missing after ':'");
+    for (const char *q = port; q < end; q++) {
+        if (!isdigit((unsigned char)*q) || q - port >= 5)
+            return say(why, whylen, name, LEASH_EINVAL,
+                       "bad base URL: port is not a number in 1..65535");
+        v = v * 10 + (*q - '0');
     }
+    if (v < 1 || v > 65535)
+        return say(why, whylen, name, LEASH_EINVAL, "bad base URL: port is not in 1..65535");
+    return LEASH_OK;
+}
+
+/* http:// or https://, optional userinfo (up to the last '@'), a host (name, IPv4 or
+ * [IPv6]), an optional port 1..65535 and an optional path prefix; no query, fragment,
+ * space or control character; then libcurl's own parser has the last word. */
+leash_status leash__http_check_base(const char *name, const char *url, char *why, size_t whylen)
+{
+    const char *p = NULL;
+    leash_status st;
+    if (!url)
+        return say(why, whylen, name, LEASH_EINVAL, "base URL is NULL");
+    if (!*url)
+        return say(why, whylen, name, LEASH_EINVAL, "base URL is empty");
+    for (const char *q = url; *q; q++)
+        if (bad_char((unsigned char)*q))
+            return say(why, whylen, name, LEASH_EINVAL,
+                       "bad base URL: space or control character at offset %zu", (size_t)(q - url));
+    st = check_scheme(name, url, &p, why, whylen);
+    if (st != LEASH_OK)
+        return st;
+    /* A base URL has no query or fragment, so its last '@' ends the userinfo; a '@' in the
+     * path prefix must be encoded, or it would read as a password holding a '/'. */
+    const char *host = p;
+    const char *at = strrchr(p, '@');
+    if (at) {
+        st = check_userinfo(name, p, at, why, whylen);
+        if (st != LEASH_OK)
+            return st;
+        host = at + 1;
+    }
+    const char *end = host + strcspn(host, "/?#");
+    st = check_host(name, url, host, end, why, whylen);
+    if (st != LEASH_OK)
+        return st;
     if (strpbrk(end, "?#"))
-        return leash__fail(LEASH_EINVAL,
-                           "http pool: bad base URL: a query or fragment is not allowed "
-                           "(put it in the request path)");
-    /* libcurl's own parser has the last word. */
+        return say(why, whylen, name, LEASH_EINVAL,
+                   "bad base URL: a query or fragment is not allowed (put it in the request "
+                   "path)");
     CURLU *u = curl_url();
     if (!u)
-        return leash__fail(LEASH_ENOMEM, "http pool: out of memory");
+        return say(why, whylen, name, LEASH_ENOMEM, "out of memory");
     CURLUcode uc = curl_url_set(u, CURLUPART_URL, url, 0);
     curl_url_cleanup(u);
+    if (uc == CURLUE_OUT_OF_MEMORY)
+        return say(why, whylen, name, LEASH_ENOMEM, "out of memory");
     if (uc != CURLUE_OK)
-        return leash__fail(LEASH_EINVAL, "http pool: bad base URL: %s", curl_url_strerror(uc));
+        return say(why, whylen, name, LEASH_EINVAL, "bad base URL: %s", curl_url_strerror(uc));
+    return LEASH_OK;
+}
+
+leash_status leash__http_check_path(const char *name, const char *path, char *why, size_t whylen)
+{
+    if (!path)
+        return say(why, whylen, name, LEASH_EINVAL, "request: path is NULL");
+    for (size_t i = 0; path[i]; i++)
+        if (bad_char((unsigned char)path[i]))
+            return say(why, whylen, name, LEASH_EINVAL,
+                       "request: path has a space or control character at offset %zu", i);
+    return LEASH_OK;
+}
+
+void leash__http_show_base(const char *url, char *out, size_t outlen)
+{
+    char copy[LEASH_ERR_MAX];
+    size_t n = url ? strlen(url) : 0;
+    while (n > 0 && url[n - 1] == '/')
+        n--;
+    /* Redacted whole, then cut: cutting first could cut a password's end marker off. */
+    char *tmp = n < sizeof copy ? copy : malloc(n + 1);
+    if (!tmp) {
+        snprintf(out, outlen, "(base URL)");
+        return;
+    }
+    if (n)
+        memcpy(tmp, url, n);
+    tmp[n] = '\0';
+    leash__redact(tmp, out, outlen);
+    if (tmp != copy)
+        free(tmp);
+}
+
+/* A new version of the base URL: checked, trailing '/' removed, its shown form and peer. */
+static leash_status new_base(const char *name, const char *url, http_base **out, char *why,
+                             size_t whylen)
+{
+    *out = NULL;
+    leash_status st = leash__http_check_base(name, url, why, whylen);
+    if (st != LEASH_OK)
+        return st;
+    http_base *b = calloc(1, sizeof *b);
+    if (!b || !(b->url = strdup(url))) {
+        free(b);
+        return say(why, whylen, name, LEASH_ENOMEM, "out of memory");
+    }
+    b->len = strlen(b->url);
+    while (b->len > 0 && b->url[b->len - 1] == '/')
+        b->url[--b->len] = '\0';
+    leash__http_show_base(b->url, b->shown, sizeof b->shown);
+    /* The peer: host and port as curl will connect to them (default port by scheme). */
+    CURLU *u = curl_url();
+    if (!u) {
+        free(b->url);
+        free(b);
+        return say(why, whylen, name, LEASH_ENOMEM, "out of memory");
+    }
+    char *host = NULL, *port = NULL;
+    if (curl_url_set(u, CURLUPART_URL, b->url, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK)
+        snprintf(b->peer, sizeof b->peer, "%s:%s", host, port);
+    curl_free(host);
+    curl_free(port);
+    curl_url_cleanup(u);
+    *out = b;
     return LEASH_OK;
 }
 
@@ -283,7 +442,8 @@ static int apply_defaults(http_conn *c, char *err, size_t errlen)
     }
 #undef SET
     if (rc != CURLE_OK) {
-        snprintf(err, errlen, "curl_easy_setopt(%s): %s", what, curl_easy_strerror(rc));
+        snprintf(err, errlen, "http pool \"%s\": curl_easy_setopt(%s): %s", ctx->name, what,
+                 curl_easy_strerror(rc));
         return -1;
     }
     return 0;
@@ -296,13 +456,15 @@ static void *http_connect(void *arg, const char *target, char *err, size_t errle
     http_ctx *ctx = arg;
     http_conn *c = calloc(1, sizeof *c);
     if (!c) {
-        snprintf(err, errlen, "out of memory");
+        snprintf(err, errlen, "http pool \"%s\": out of memory", ctx->name);
         return NULL;
     }
     c->ctx = ctx;
+    /* pairs with the release store in http_retarget: the version is complete */
+    c->base = atomic_load_explicit(&ctx->base, memory_order_acquire);
     c->curl = curl_easy_init();
     if (!c->curl) {
-        snprintf(err, errlen, "curl_easy_init failed");
+        snprintf(err, errlen, "http pool \"%s\": curl_easy_init failed", ctx->name);
         free(c);
         return NULL;
     }
@@ -382,10 +544,37 @@ static void http_abandon(void *arg, void *conn)
     http_destroy(arg, conn);
 }
 
+/* The target as given (at open or retarget), so it agrees with the core's copy whichever
+ * of the two it asks first. */
 static void http_describe(void *arg, const char *target, char *out, size_t outlen)
 {
     http_ctx *ctx = arg;
-    snprintf(out, outlen, "%s%s", ctx->shown, ctx->insecure ? " [insecure: TLS not verified]" : "");
+    char shown[LEASH_ERR_MAX / 2];
+    leash__http_show_base(target, shown, sizeof shown);
+    snprintf(out, outlen, "%s%s", shown, ctx->insecure ? " [insecure: TLS not verified]" : "");
+}
+
+/* leash_pool_retarget: a new base URL for later connections. Those made before keep the
+ * version they were made for until the core retires them. */
+static int http_retarget(void *arg, const char *target, char *err, size_t errlen)
+{
+    http_ctx *ctx = arg;
+    http_base *b = NULL;
+    if (new_base(ctx->name, target, &b, err, errlen) != LEASH_OK)
+        return -1;
+    pthread_mutex_lock(&ctx->retarget_lock);
+    /* relaxed: only writers, which hold retarget_lock, store the pointer */
+    b->older = atomic_load_explicit(&ctx->base, memory_order_relaxed);
+    /* pairs with the acquire load in http_connect */
+    atomic_store_explicit(&ctx->base, b, memory_order_release);
+    pthread_mutex_unlock(&ctx->retarget_lock);
+    return 0;
+}
+
+static void http_peer(void *arg, void *conn, char *out, size_t outlen)
+{
+    http_conn *c = conn;
+    snprintf(out, outlen, "%s", c->base->peer);
 }
 
 static void ctx_free(void *arg)
@@ -405,9 +594,14 @@ static void ctx_free(void *arg)
     pthread_mutex_unlock(&ctxs_lock);
     for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
         pthread_mutex_destroy(&ctx->locks[i]);
+    pthread_mutex_destroy(&ctx->retarget_lock);
+    for (http_base *b = atomic_load(&ctx->base), *older; b; b = older) {
+        older = b->older;
+        free(b->url);
+        free(b);
+    }
     curl_slist_free_all(ctx->headers);
     free(ctx->ca_file);
-    free(ctx->base);
     free(ctx);
 }
 
@@ -420,19 +614,24 @@ const leash_adapter leash_http_adapter = {
     .abandon = http_abandon,
     .describe = http_describe,
     .ctx_free = ctx_free,
+    .process_init = http_process_init,
+    .fork_prepare = http_fork_prepare,
+    .fork_parent = http_fork_done,
+    .fork_child = http_fork_done,
+    .retarget = http_retarget,
+    .peer = http_peer,
 };
 
 /* ---- pools ---- */
 
-static leash_status copy_options(http_ctx *ctx, const leash_http_options *o)
+static leash_status copy_options(http_ctx *ctx, const char *name, const leash_http_options *o)
 {
     leash_http_options d = {0};
     if (!o)
         o = &d;
     if (o->connect_timeout_ms < 0 || o->timeout_ms < 0)
-        return leash__fail(LEASH_EINVAL,
-                           "http pool: connect_timeout_ms and timeout_ms must be >= 0 "
-                           "(0 means the default)");
+        return fail(name, LEASH_EINVAL,
+                    "connect_timeout_ms and timeout_ms must be >= 0 (0 means the default)");
     ctx->connect_timeout_ms =
         o->connect_timeout_ms ? o->connect_timeout_ms : HTTP_CONNECT_TIMEOUT_MS;
     ctx->timeout_ms = o->timeout_ms ? o->timeout_ms : HTTP_TIMEOUT_MS;
@@ -440,11 +639,11 @@ static leash_status copy_options(http_ctx *ctx, const leash_http_options *o)
     ctx->insecure = o->insecure != 0;
     if (o->ca_file) {
         if (access(o->ca_file, R_OK) != 0)
-            return leash__fail(LEASH_EINVAL, "http pool: ca_file \"%s\" cannot be read: %s",
-                               o->ca_file, strerror(errno));
+            return fail(name, LEASH_EINVAL, "ca_file \"%s\" cannot be read: %s", o->ca_file,
+                        strerror(errno));
         ctx->ca_file = strdup(o->ca_file);
         if (!ctx->ca_file)
-            return leash__fail(LEASH_ENOMEM, "http pool: out of memory");
+            return fail(name, LEASH_ENOMEM, "out of memory");
     }
     for (size_t i = 0; o->headers && o->headers[i]; i++) {
         const char *hd = o->headers[i];
@@ -457,13 +656,11 @@ static leash_status copy_options(http_ctx *ctx, const leash_http_options *o)
             if (bad_char((unsigned char)*q))
                 ok = 0;
         if (!ok)
-            return leash__fail(LEASH_EINVAL,
-                               "http pool: header %zu is not \"Name: value\" (no control "
-                               "characters)",
-                               i);
+            return fail(name, LEASH_EINVAL,
+                        "header %zu is not \"Name: value\" (no control characters)", i);
         struct curl_slist *l = curl_slist_append(ctx->headers, hd);
         if (!l)
-            return leash__fail(LEASH_ENOMEM, "http pool: out of memory");
+            return fail(name, LEASH_ENOMEM, "out of memory");
         ctx->headers = l;
     }
     return LEASH_OK;
@@ -475,27 +672,24 @@ leash_pool *leash_http_pool_with(const char *name, const char *base_url,
     leash_status st = leash__ensure_init();
     if (st != LEASH_OK)
         return NULL;
-    leash__http_global_init();
-    if (global_rc != CURLE_OK)
-        return leash__fail_null(LEASH_ENOMEM, "http pool: curl_global_init failed: %s",
-                                curl_easy_strerror(global_rc));
-    if (check_base(base_url) != LEASH_OK)
-        return NULL;
+    char why[LEASH_ERR_MAX];
+    http_base *base = NULL;
+    st = new_base(name, base_url, &base, why, sizeof why);
+    if (st != LEASH_OK)
+        return leash__fail_null(st, "%s", why);
     http_ctx *ctx = calloc(1, sizeof *ctx);
-    if (!ctx)
-        return leash__fail_null(LEASH_ENOMEM, "http pool: out of memory");
+    if (!ctx) {
+        free(base->url);
+        free(base);
+        fail(name, LEASH_ENOMEM, "out of memory");
+        return NULL;
+    }
+    snprintf(ctx->name, sizeof ctx->name, "%s", name ? name : "");
+    atomic_init(&ctx->base, base);
+    pthread_mutex_init(&ctx->retarget_lock, NULL);
     for (int i = 0; i < CURL_LOCK_DATA_LAST; i++)
         pthread_mutex_init(&ctx->locks[i], NULL);
-    ctx->base = strdup(base_url);
-    if (!ctx->base) {
-        ctx_free(ctx);
-        return leash__fail_null(LEASH_ENOMEM, "http pool: out of memory");
-    }
-    ctx->base_len = strlen(ctx->base);
-    while (ctx->base_len > 0 && ctx->base[ctx->base_len - 1] == '/')
-        ctx->base[--ctx->base_len] = '\0';
-    leash__redact(ctx->base, ctx->shown, sizeof ctx->shown);
-    if (copy_options(ctx, http) != LEASH_OK) {
+    if (copy_options(ctx, name, http) != LEASH_OK) {
         ctx_free(ctx);
         return NULL;
     }
@@ -506,7 +700,8 @@ leash_pool *leash_http_pool_with(const char *name, const char *base_url,
         curl_share_setopt(ctx->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS) ||
         curl_share_setopt(ctx->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION)) {
         ctx_free(ctx);
-        return leash__fail_null(LEASH_ENOMEM, "http pool: cannot set up the curl share");
+        fail(name, LEASH_ENOMEM, "cannot set up the curl share");
+        return NULL;
     }
     pthread_mutex_lock(&ctxs_lock);
     ctx->next = ctxs;
@@ -610,51 +805,79 @@ static int set_method(http_conn *c, const char *method, const char *body, size_t
     return rc ? -1 : 0;
 }
 
+/* A failed transfer's message: the method, the URL without passwords (the path and curl's
+ * text are redacted on their own, before they are cut to fit), and what went wrong. */
+static leash_status transfer_failed(leash_handle *h, http_conn *c, const char *method,
+                                    const char *path, CURLcode rc)
+{
+    http_ctx *ctx = c->ctx;
+    int over = c->over || rc == CURLE_FILESIZE_EXCEEDED;
+    const char *sep = path[0] == '/' ? "" : "/";
+    char where[LEASH_ERR_MAX], what[LEASH_ERR_MAX];
+    leash__redact(path, where, sizeof where);
+    free(c->buf);
+    c->buf = NULL;
+    c->len = c->cap = 0;
+    if (over)
+        return fail(ctx->name, LEASH_EIO,
+                    "%s %.160s%s%.96s: response body over max_body (%zu byte%s)", method,
+                    c->base->shown, sep, where, ctx->max_body, plural(ctx->max_body));
+    leash_status st = LEASH_EIO;
+    if (rc == CURLE_OPERATION_TIMEDOUT)
+        st = LEASH_ETIMEDOUT;
+    else if (rc == CURLE_WRITE_ERROR || rc == CURLE_OUT_OF_MEMORY)
+        st = LEASH_ENOMEM;
+    /* The connection's state is unknown after a transport failure or a timeout. */
+    if (st != LEASH_ENOMEM)
+        leash_mark_broken(h);
+    leash__redact(c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc), what, sizeof what);
+    return fail(ctx->name, st, "%s %.160s%s%.96s: %.200s", method, c->base->shown, sep, where,
+                what);
+}
+
 leash_status leash_http_request(leash_handle *h, const char *method, const char *path,
                                 const char *body, size_t len, leash_http_response *out)
 {
-    if (!out)
-        return leash__fail(LEASH_EINVAL, "http request: out is NULL");
-    out->status = 0;
-    out->body = NULL;
-    out->len = 0;
+    if (out) {
+        out->status = 0;
+        out->body = NULL;
+        out->len = 0;
+    }
     http_conn *c = leash__held_conn(h, &leash_http_adapter, "http request", "HTTP");
     if (!c)
         return LEASH_EINVAL;
+    http_ctx *ctx = c->ctx;
+    if (!out)
+        return fail(ctx->name, LEASH_EINVAL, "request: out is NULL");
     if (!method || !*method || strlen(method) > HTTP_METHOD_MAX)
-        return leash__fail(LEASH_EINVAL, "http request: method is NULL, empty or too long");
+        return fail(ctx->name, LEASH_EINVAL, "request: method is NULL, empty or too long");
     for (const char *q = method; *q; q++)
         if (!token_char((unsigned char)*q))
-            return leash__fail(LEASH_EINVAL, "http request: bad character in the method");
-    if (!path)
-        return leash__fail(LEASH_EINVAL, "http request: path is NULL");
+            return fail(ctx->name, LEASH_EINVAL, "request: bad character in the method");
+    char why[LEASH_ERR_MAX];
+    if (leash__http_check_path(ctx->name, path, why, sizeof why) != LEASH_OK)
+        return leash__fail(LEASH_EINVAL, "%s", why);
     if (!body && len)
-        return leash__fail(LEASH_EINVAL, "http request: body is NULL but len is %zu", len);
+        return fail(ctx->name, LEASH_EINVAL, "request: body is NULL but len is %zu", len);
     if (body && strcmp(method, "HEAD") == 0)
-        return leash__fail(LEASH_EINVAL, "http request: a HEAD request takes no body");
-    size_t plen = 0;
-    for (; path[plen]; plen++)
-        if (bad_char((unsigned char)path[plen]))
-            return leash__fail(LEASH_EINVAL,
-                               "http request: path has a space or control character at "
-                               "offset %zu",
-                               plen);
+        return fail(ctx->name, LEASH_EINVAL, "request: a HEAD request takes no body");
 
-    http_ctx *ctx = c->ctx;
-    size_t need = ctx->base_len + plen + 2;
+    const http_base *b = c->base;
+    size_t plen = strlen(path);
+    size_t need = b->len + plen + 2;
     if (need > c->url_cap) {
         char *u = realloc(c->url, need);
         if (!u)
-            return leash__fail(LEASH_ENOMEM, "http request: out of memory");
+            return fail(ctx->name, LEASH_ENOMEM, "request: out of memory");
         c->url = u;
         c->url_cap = need;
     }
     /* curl keeps its own copy of the URL: set it only when it changed. */
-    size_t at = ctx->base_len + (path[0] != '/');
+    size_t at = b->len + (path[0] != '/');
     int same = c->url_set && !c->raw && strcmp(c->url + at, path) == 0;
     if (!same) {
-        memcpy(c->url, ctx->base, ctx->base_len);
-        c->url[ctx->base_len] = '/';
+        memcpy(c->url, b->url, b->len);
+        c->url[b->len] = '/';
         memcpy(c->url + at, path, plen + 1);
     }
     int bad = (!same && curl_easy_setopt(c->curl, CURLOPT_URL, c->url) != CURLE_OK) ||
@@ -665,42 +888,18 @@ leash_status leash_http_request(leash_handle *h, const char *method, const char 
               curl_easy_setopt(c->curl, CURLOPT_WRITEDATA, c) != CURLE_OK ||
               curl_easy_setopt(c->curl, CURLOPT_ERRORBUFFER, c->errbuf) != CURLE_OK;
     if (bad)
-        return leash__fail(LEASH_ENOMEM, "http request: curl_easy_setopt failed");
+        return fail(ctx->name, LEASH_ENOMEM, "request: curl_easy_setopt failed");
     c->errbuf[0] = '\0';
     c->buf = NULL;
     c->len = c->cap = 0;
     c->over = 0;
     CURLcode rc = curl_easy_perform(c->curl);
-    if (rc != CURLE_OK) {
-        int over = c->over || rc == CURLE_FILESIZE_EXCEEDED;
-        free(c->buf);
-        c->buf = NULL;
-        c->len = c->cap = 0;
-        leash_status st = LEASH_EIO;
-        char msg[LEASH_ERR_MAX], clean[LEASH_ERR_MAX];
-        if (over) {
-            snprintf(msg, sizeof msg,
-                     "http %s %.160s%s%.96s: response body over max_body (%zu bytes)", method,
-                     ctx->shown, path[0] == '/' ? "" : "/", path, ctx->max_body);
-        } else {
-            if (rc == CURLE_OPERATION_TIMEDOUT)
-                st = LEASH_ETIMEDOUT;
-            else if (rc == CURLE_WRITE_ERROR || rc == CURLE_OUT_OF_MEMORY)
-                st = LEASH_ENOMEM;
-            snprintf(msg, sizeof msg, "http %s %.160s%s%.96s: %.200s", method, ctx->shown,
-                     path[0] == '/' ? "" : "/", path,
-                     c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc));
-            /* The connection's state is unknown after a transport failure or a timeout. */
-            if (st != LEASH_ENOMEM)
-                leash_mark_broken(h);
-        }
-        leash__redact(msg, clean, sizeof clean);
-        return leash__fail(st, "%s", clean);
-    }
+    if (rc != CURLE_OK)
+        return transfer_failed(h, c, method, path, rc);
     if (!c->buf) {
         c->buf = malloc(1);
         if (!c->buf)
-            return leash__fail(LEASH_ENOMEM, "http request: out of memory");
+            return fail(ctx->name, LEASH_ENOMEM, "request: out of memory");
     }
     c->buf[c->len] = '\0';
     curl_easy_getinfo(c->curl, CURLINFO_RESPONSE_CODE, &out->status);

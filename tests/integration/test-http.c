@@ -19,9 +19,8 @@
 
 #include <cmocka.h>
 
-/* Internal: the easy handle without counting a raw borrow (adapters/http/http.c). */
-CURL *leash__http_easy(leash_handle *h);
-void leash__http_share_hold(leash_handle *h, int lock);
+/* Internal: the easy handle without counting a raw borrow, the share-lock hook, the checks. */
+#include "adapters/http/http-internal.h"
 
 #define PLAIN "http://127.0.0.1:18080"
 #define TLS "https://127.0.0.1:18443"
@@ -114,6 +113,27 @@ static long nginx_accepts(void)
     const char *s = strstr(t.buf, "requests\n");
     assert_non_null(s);
     return strtol(s + 9, NULL, 10);
+}
+
+/* Waits up to ms for the child pid; one still running then is killed and fails the test
+ * (a child that deadlocked on a lock it inherited held never exits by itself). */
+static int exits_within(pid_t pid, int ms)
+{
+    int st = 0;
+    uint64_t end = now_ms() + (uint64_t)ms;
+    for (;;) {
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid)
+            return st;
+        assert_int_equal(r, 0);
+        if (now_ms() >= end)
+            break;
+        sleep_ms(5);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    fail_msg("child %d still running after %d ms: killed (deadlocked after fork?)", (int)pid, ms);
+    return st;
 }
 
 static int group_setup(void **state)
@@ -595,12 +615,127 @@ static void test_fork_while_a_share_lock_is_held(void **state)
             leash_http_response_free(&r);
         _exit(bad);
     }
-    int st = wait_child(pid);
+    int st = exits_within(pid, 5000);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
     pthread_join(t, NULL);
     get_ok(x.h, "/small", 200, SMALL);
     leash_release(&x.h);
+}
+
+/* What a child does after each fork below: a pool of its own, a request through it (a DNS
+ * lookup under the share's lock, since the host is a name), shutdown. 0 when all went well. */
+static int child_round_trip(void)
+{
+    leash_pool_options o = {.max_size = 1, .acquire_timeout_ms = 2000};
+    leash_http_options ho = {.connect_timeout_ms = 1000, .timeout_ms = 2000};
+    leash_pool *p = leash_http_pool_with("child", "http://localhost:18080", &o, &ho);
+    leash_handle *h = p ? leash_acquire(p) : NULL;
+    leash_http_response r = {0};
+    int bad = !h || leash_http_get(h, "/small", &r) != LEASH_OK || r.status != 200;
+    leash_http_response_free(&r);
+    leash_release(&h);
+    leash_shutdown();
+    return bad;
+}
+
+#define CHURN_POOLS 32
+
+struct churn {
+    _Atomic int stop, rounds;
+};
+
+/* Opens an HTTP pool, makes a request, shuts leash down, over and over: forks from the main
+ * thread land inside leash_shutdown (manager lock held, the adapter's contexts being freed)
+ * as well as inside requests (share locks held). The only thread making leash calls. */
+static void *shutdown_churn(void *arg)
+{
+    struct churn *c = arg;
+    while (!atomic_load(&c->stop)) {
+        /* Many pools, so shutdown spends a while freeing their contexts. */
+        for (int i = 0; i < CHURN_POOLS; i++) {
+            char name[16];
+            snprintf(name, sizeof name, "churn%d", i);
+            leash_http_pool(name, "http://localhost:18080", NULL);
+        }
+        leash_pool *p = leash_pool_get("churn0");
+        leash_handle *h = p ? leash_acquire(p) : NULL;
+        leash_http_response r = {0};
+        if (h)
+            leash_http_get(h, "/small", &r);
+        leash_http_response_free(&r);
+        leash_release(&h);
+        leash_shutdown();
+        atomic_fetch_add(&c->rounds, 1);
+    }
+    return NULL;
+}
+
+/* Waits up to ms for pid without failing the test: its wait status, or -1 after killing it. */
+static int reap_within(pid_t pid, int ms)
+{
+    int st = 0;
+    uint64_t end = now_ms() + (uint64_t)ms;
+    while (waitpid(pid, &st, WNOHANG) == 0) {
+        if (now_ms() >= end) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            return -1;
+        }
+        sleep_ms(5);
+    }
+    return st;
+}
+
+/* The scenario below, in a process of its own so that a fork() that deadlocks in its atfork
+ * handlers is seen as a timeout, not a hung suite. Exit status: 0 fine, 1 a child failed its
+ * request, 2 a child did not exit within 5 s. */
+static void fork_during_shutdown_scenario(void)
+{
+    struct churn c = {0};
+    pthread_t t;
+    if (pthread_create(&t, NULL, shutdown_churn, &c) != 0)
+        _exit(3);
+    while (atomic_load(&c.rounds) < 3)
+        sleep_ms(1);
+    int failed = 0, hung = 0;
+    for (int i = 0; i < 100; i++) {
+        pid_t pid = fork();
+        if (pid < 0)
+            break;
+        if (pid == 0)
+            _exit(child_round_trip());
+        int st = reap_within(pid, 5000);
+        if (st < 0)
+            hung++;
+        else if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            failed++;
+    }
+    atomic_store(&c.stop, 1);
+    pthread_join(t, NULL);
+    fprintf(stderr, "fork during shutdown: %d shutdown rounds, %d children failed, %d hung\n",
+            atomic_load(&c.rounds), failed, hung);
+    _exit(hung ? 2 : failed ? 1 : 0);
+}
+
+static void test_fork_during_shutdown_and_requests(void **state)
+{
+    /* Bad timing tried: fork() while another thread is inside leash_shutdown (the manager's
+     * lock held, the adapter's contexts being freed) or inside a request holding a share
+     * lock. Neither the fork nor the child may deadlock: each child makes a request of its
+     * own and exits within 5 s, and the whole run ends within 60 s. */
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0)
+        fork_during_shutdown_scenario();
+    int st = reap_within(pid, 60000);
+    if (st < 0)
+        fail_msg("the forking process hung (a fork() deadlocked in its atfork handlers?)");
+    assert_true(WIFEXITED(st));
+    if (WEXITSTATUS(st) == 2)
+        fail_msg("a child forked during shutdown did not exit within 5 s");
+    assert_int_equal(WEXITSTATUS(st), 0);
 }
 
 /* ---- raw borrowers ---- */
@@ -883,6 +1018,7 @@ int main(void)
         cmocka_unit_test_teardown(test_fork_child_leaves_parent_connections_alone,
                                   teardown_no_leaks),
         cmocka_unit_test_teardown(test_fork_while_a_share_lock_is_held, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_fork_during_shutdown_and_requests, teardown_no_leaks),
         cmocka_unit_test_teardown(test_raw_borrower_then_keepalive_reused, teardown_no_leaks),
         cmocka_unit_test_teardown(test_transport_failure_marks_broken, teardown_no_leaks),
         cmocka_unit_test_teardown(test_bad_base_urls, teardown_no_leaks),
