@@ -1,0 +1,483 @@
+/* Integration tests of leash-stat against a real process using leash (test-stat-helper: a
+ * Redis pool on the real test server and a pool of its own adapter): the list, the text
+ * dump (the same as the process's own), JSON, Prometheus (promtool), --watch, a stopped
+ * process, and every way the process can end (exit, leash_shutdown, SIGKILL, _exit). */
+#include "kit.h"
+#include "servers.h"
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define PROMTOOL "/usr/bin/promtool"
+
+struct helper {
+    pid_t pid;
+    FILE *in, *out;
+};
+
+static struct helper H;
+
+/* ---- the helper process ---- */
+
+static void helper_start(void)
+{
+    int to[2], from[2];
+    assert_int_equal(pipe(to), 0);
+    assert_int_equal(pipe(from), 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(to[0], 0);
+        dup2(from[1], 1);
+        close(to[0]), close(to[1]), close(from[0]), close(from[1]);
+        setenv("LEASH_STRICT", "1", 1);
+        setenv("LEASH_STATS_SIGNAL", "", 1);
+        unsetenv("LEASH_STATS_SHM");
+        unsetenv("LEASH_METRICS_FILE");
+        execl(getenv("LEASH_STAT_HELPER"), "test-stat-helper", (char *)NULL);
+        _exit(127);
+    }
+    close(to[0]);
+    close(from[1]);
+    H.pid = pid;
+    H.in = fdopen(to[1], "w");
+    H.out = fdopen(from[0], "r");
+    assert_non_null(H.in);
+    assert_non_null(H.out);
+    char line[128];
+    assert_non_null(fgets(line, sizeof line, H.out));
+    int ready = 0;
+    assert_int_equal(sscanf(line, "ready %d", &ready), 1);
+    assert_int_equal(ready, (int)pid);
+}
+
+/* Sends one command and returns its answer line (static buffer), or NULL at EOF. */
+static const char *helper_say(const char *cmd)
+{
+    static char line[256];
+    fprintf(H.in, "%s\n", cmd);
+    fflush(H.in);
+    if (!fgets(line, sizeof line, H.out))
+        return NULL;
+    line[strcspn(line, "\n")] = '\0';
+    return line;
+}
+
+/* Waits for the helper to end; returns its wait status. */
+static int helper_wait(void)
+{
+    int st = wait_child(H.pid);
+    fclose(H.in);
+    fclose(H.out);
+    H.pid = 0;
+    return st;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    if (H.pid > 0) {
+        kill(H.pid, SIGCONT);
+        kill(H.pid, SIGKILL);
+        helper_wait();
+    }
+    return 0;
+}
+
+static const char *page_of(pid_t pid)
+{
+    static char p[64];
+    snprintf(p, sizeof p, "/dev/shm/leash.%d", (int)pid);
+    return p;
+}
+
+/* ---- running leash-stat ---- */
+
+struct run {
+    int code; /* exit status, -1 if it did not exit */
+    char *out, *err;
+};
+
+static char *read_file(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    assert_true(fd >= 0);
+    char *s = slurp(fd);
+    close(fd);
+    return s;
+}
+
+/* Runs leash-stat with up to 4 arguments (NULL-terminated); kill_after_ms > 0 sends it
+ * SIGINT then (for --watch). */
+static struct run stat_run(int kill_after_ms, const char *a1, ...)
+{
+    const char *args[8] = {"leash-stat"};
+    int n = 1;
+    va_list ap;
+    va_start(ap, a1);
+    for (const char *a = a1; a && n < 7; a = va_arg(ap, const char *))
+        args[n++] = a;
+    va_end(ap);
+    char out_path[] = "/tmp/leash-test-stat-out-XXXXXX",
+         err_path[] = "/tmp/leash-test-stat-err-XXXXXX";
+    int out = mkstemp(out_path), err = mkstemp(err_path);
+    assert_true(out >= 0 && err >= 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(out, 1);
+        dup2(err, 2);
+        execv(getenv("LEASH_STAT"), (char *const *)args);
+        _exit(127);
+    }
+    close(out);
+    close(err);
+    if (kill_after_ms > 0) {
+        sleep_ms(kill_after_ms);
+        kill(pid, SIGINT);
+    }
+    int st = wait_child(pid);
+    struct run r = {WIFEXITED(st) ? WEXITSTATUS(st) : -1, read_file(out_path), read_file(err_path)};
+    unlink(out_path);
+    unlink(err_path);
+    return r;
+}
+
+static void run_free(struct run *r)
+{
+    free(r->out);
+    free(r->err);
+}
+
+static const char *pid_arg(void)
+{
+    static char b[16];
+    snprintf(b, sizeof b, "%d", (int)H.pid);
+    return b;
+}
+
+/* Waits until the page says the helper holds `held` handles (it refreshes every 0.5 s). */
+static void wait_page_held(unsigned held)
+{
+    char want[64];
+    snprintf(want, sizeof want, "\"pid\":%d,\"state\":\"running\"", (int)H.pid);
+    char held_s[32];
+    snprintf(held_s, sizeof held_s, "\"held\":%u,", held);
+    for (int i = 0; i < 100; i++) {
+        struct run r = stat_run(0, "--json", NULL);
+        const char *at = strstr(r.out, want);
+        const char *end = at ? strchr(at, '}') : NULL;
+        const char *h = at ? strstr(at, held_s) : NULL;
+        int ok = h && h < end;
+        run_free(&r);
+        if (ok)
+            return;
+        sleep_ms(100);
+    }
+    fail_msg("the page of %d never showed %u handles held", (int)H.pid, held);
+}
+
+/* The text with every duration (850ns, 12us, 3.4ms, 1.25s, 3m20s) as "D", so two dumps of
+ * a quiet process taken a moment apart compare equal. */
+static char *no_durations(const char *s)
+{
+    char *out = malloc(strlen(s) + 1);
+    assert_non_null(out);
+    size_t o = 0;
+    for (size_t i = 0; s[i];) {
+        size_t j = i;
+        if (isdigit((unsigned char)s[i]) && (i == 0 || !isalnum((unsigned char)s[i - 1]))) {
+            while (isdigit((unsigned char)s[j]) || s[j] == '.')
+                j++;
+            size_t k = j;
+            if (s[k] == 'm' && isdigit((unsigned char)s[k + 1])) { /* 3m20s */
+                k++;
+                while (isdigit((unsigned char)s[k]))
+                    k++;
+            }
+            static const char *const units[] = {"ns", "us", "ms", "s"};
+            int matched = 0;
+            for (size_t u = 0; u < 4 && !matched; u++) {
+                size_t l = strlen(units[u]);
+                if (!strncmp(s + k, units[u], l) && !isalnum((unsigned char)s[k + l])) {
+                    out[o++] = 'D';
+                    i = k + l;
+                    matched = 1;
+                }
+            }
+            if (matched)
+                continue;
+        }
+        out[o++] = s[i++];
+    }
+    out[o] = '\0';
+    return out;
+}
+
+/* ---- tests ---- */
+
+static int setup(void **state)
+{
+    (void)state;
+    assert_int_equal(srv_ctl("start", "redis"), 0);
+    helper_start();
+    return 0;
+}
+
+/* The list names the helper with its pools and held handles. Bad input: none (the list
+ * must also survive other processes' pages, which may be anything). */
+static void test_list_shows_the_process(void **state)
+{
+    (void)state;
+    assert_string_equal(helper_say("hold 3"), "held 3");
+    wait_page_held(3);
+    struct run r = stat_run(0, NULL);
+    assert_int_equal(r.code, 0);
+    char want[128];
+    snprintf(want, sizeof want, "%7d  test-stat-helpe     2     3", (int)H.pid);
+    if (!strstr(r.out, want))
+        fail_msg("no \"%s\" in the list:\n%s", want, r.out);
+    assert_non_null(strstr(r.out, "OLDEST HOLD"));
+    run_free(&r);
+    assert_string_equal(helper_say("release"), "released");
+}
+
+/* leash-stat PID prints the same text as the process's own dump (durations aside), with
+ * the held handles by borrow site and never the Redis password. Bad input: a target with a
+ * password in it. */
+static void test_text_is_the_dump(void **state)
+{
+    (void)state;
+    assert_string_equal(helper_say("hold 2"), "held 2");
+    wait_page_held(2);
+    struct run r = stat_run(0, pid_arg(), NULL);
+    assert_int_equal(r.code, 0);
+    char own_path[] = "/tmp/leash-test-stat-dump-XXXXXX";
+    close(mkstemp(own_path));
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "dump %s", own_path);
+    assert_string_equal(helper_say(cmd), "dumped");
+    char *own = read_file(own_path);
+    unlink(own_path);
+
+    char head[96];
+    snprintf(head, sizeof head, "=== leash stats: pid %d, 2 pools, 2 handles held", (int)H.pid);
+    assert_true(!strncmp(r.out, head, strlen(head)));
+    assert_non_null(strstr(r.out, "test-stat-helper.c:"));
+    assert_non_null(strstr(r.out, " in hold_site() thread "));
+    assert_non_null(strstr(r.out, "redis://:***@127.0.0.1:16380/2"));
+    assert_null(strstr(r.out, "leash-redis-pw"));
+    assert_null(strstr(r.out, "redis-pw"));
+    char *a = no_durations(r.out), *b = no_durations(own);
+    if (strcmp(a, b) != 0)
+        fail_msg("leash-stat and the process's own dump differ:\n--- leash-stat\n%s--- dump\n%s", a,
+                 b);
+    free(a);
+    free(b);
+    free(own);
+    run_free(&r);
+    assert_string_equal(helper_say("release"), "released");
+}
+
+/* --json and --prometheus print the other dumps; promtool accepts the Prometheus one. Bad
+ * input: both formats at once, a PID that is not a number, two PIDs (usage: exit 2). */
+static void test_json_and_prometheus(void **state)
+{
+    (void)state;
+    assert_string_equal(helper_say("hold 1"), "held 1");
+    wait_page_held(1);
+    struct run j = stat_run(0, "--json", pid_arg(), NULL);
+    assert_int_equal(j.code, 0);
+    char head[32];
+    snprintf(head, sizeof head, "{\"pid\":%d,", (int)H.pid);
+    assert_true(!strncmp(j.out, head, strlen(head)));
+    assert_non_null(strstr(j.out, "\"name\":\"jobs\""));
+    assert_non_null(strstr(j.out, "\"name\":\"cache\""));
+    assert_null(strstr(j.out, "redis-pw"));
+    run_free(&j);
+
+    struct run p = stat_run(0, "--prometheus", pid_arg(), NULL);
+    assert_int_equal(p.code, 0);
+    assert_non_null(strstr(p.out, "leash_pool_acquired_total{pool=\"jobs\",kind=\"mem\"}"));
+    char path[] = "/tmp/leash-test-stat-prom-XXXXXX";
+    int fd = mkstemp(path);
+    assert_int_equal(write(fd, p.out, strlen(p.out)), (ssize_t)strlen(p.out));
+    close(fd);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, PROMTOOL " check metrics < %s > /dev/null 2>&1", path);
+    int st = system(cmd);
+    unlink(path);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        fail_msg("promtool refused leash-stat --prometheus:\n%s", p.out);
+    run_free(&p);
+
+    const char *bad[][3] = {{"--json", "--prometheus", pid_arg()},
+                            {"12ab", NULL, NULL},
+                            {pid_arg(), "1", NULL},
+                            {"--watch", "0", pid_arg()},
+                            {"--clean", "--json", NULL}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        struct run u = stat_run(0, bad[i][0], bad[i][1], bad[i][2], NULL);
+        assert_int_equal(u.code, 2);
+        assert_non_null(strstr(u.err, "leash-stat: "));
+        run_free(&u);
+    }
+    assert_string_equal(helper_say("release"), "released");
+}
+
+/* --watch prints again and again while the process works. */
+static void test_watch_refreshes(void **state)
+{
+    (void)state;
+    assert_string_equal(helper_say("work 1"), "work 1");
+    struct run r = stat_run(2600, "--watch", "1", pid_arg(), NULL);
+    int dumps = 0;
+    for (const char *at = r.out; (at = strstr(at, "=== end of leash stats ===")); at++)
+        dumps++;
+    if (dumps < 2)
+        fail_msg("--watch 1 printed %d dumps in 2.6 s:\n%s", dumps, r.out);
+    run_free(&r);
+    assert_string_equal(helper_say("work 0"), "work 0");
+}
+
+/* A stopped process (SIGSTOP) is read all the same, and said to be stopped. */
+static void test_stopped_process(void **state)
+{
+    (void)state;
+    assert_string_equal(helper_say("work 1"), "work 1");
+    assert_string_equal(helper_say("hold 4"), "held 4");
+    wait_page_held(4);
+    assert_int_equal(kill(H.pid, SIGSTOP), 0);
+    sleep_ms(1200);
+    struct run r = stat_run(0, pid_arg(), NULL);
+    assert_int_equal(r.code, 0);
+    assert_non_null(strstr(r.out, "=== end of leash stats ===\n"));
+    assert_non_null(strstr(r.err, "is stopped"));
+    run_free(&r);
+    struct run l = stat_run(0, NULL);
+    assert_non_null(strstr(l.out, "stopped"));
+    run_free(&l);
+    assert_int_equal(kill(H.pid, SIGCONT), 0);
+    assert_string_equal(helper_say("work 0"), "work 0");
+    assert_string_equal(helper_say("release"), "released");
+}
+
+/* exit(0) without leash_shutdown removes the page (the exit handler). */
+static void test_exit_removes_the_page(void **state)
+{
+    (void)state;
+    assert_string_equal(helper_say("hold 2"), "held 2");
+    assert_int_equal(access(page_of(H.pid), F_OK), 0);
+    fprintf(H.in, "exit\n");
+    fflush(H.in);
+    pid_t pid = H.pid;
+    int st = helper_wait();
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    assert_int_equal(access(page_of(pid), F_OK), -1);
+    char arg[16];
+    snprintf(arg, sizeof arg, "%d", (int)pid);
+    struct run r = stat_run(0, arg, NULL);
+    assert_int_equal(r.code, 1);
+    assert_non_null(strstr(r.err, "no process"));
+    run_free(&r);
+}
+
+/* leash_shutdown removes the page at once; the process lives on without one. */
+static void test_shutdown_removes_the_page(void **state)
+{
+    (void)state;
+    assert_int_equal(access(page_of(H.pid), F_OK), 0);
+    assert_string_equal(helper_say("shutdown"), "shut down");
+    assert_int_equal(access(page_of(H.pid), F_OK), -1);
+    struct run r = stat_run(0, pid_arg(), NULL);
+    assert_int_equal(r.code, 1);
+    assert_non_null(strstr(r.err, "publishes no leash stats"));
+    run_free(&r);
+}
+
+/* SIGKILL and _exit leave the page behind: leash-stat says "gone" (exit 1) and shows
+ * nothing as live; --last shows what it said then; --clean removes it. */
+static void check_gone(pid_t pid)
+{
+    char arg[16];
+    snprintf(arg, sizeof arg, "%d", (int)pid);
+    assert_int_equal(access(page_of(pid), F_OK), 0);
+    struct run r = stat_run(0, arg, NULL);
+    assert_int_equal(r.code, 1);
+    assert_non_null(strstr(r.err, "is gone"));
+    assert_string_equal(r.out, "");
+    run_free(&r);
+    struct run l = stat_run(0, "--last", arg, NULL);
+    assert_int_equal(l.code, 1);
+    assert_non_null(strstr(l.out, "=== end of leash stats ===\n"));
+    run_free(&l);
+    struct run list = stat_run(0, NULL);
+    char row[32];
+    snprintf(row, sizeof row, "%7d  test-stat-helpe", (int)pid);
+    const char *at = strstr(list.out, row);
+    assert_non_null(at);
+    const char *eol = strchr(at, '\n');
+    const char *gone = strstr(at, "gone");
+    assert_true(gone && gone < eol);
+    run_free(&list);
+    struct run c = stat_run(0, "--clean", arg, NULL);
+    assert_int_equal(c.code, 0);
+    assert_non_null(strstr(c.out, "removed"));
+    run_free(&c);
+    assert_int_equal(access(page_of(pid), F_OK), -1);
+}
+
+static void test_killed_is_gone(void **state)
+{
+    (void)state;
+    assert_string_equal(helper_say("hold 3"), "held 3");
+    wait_page_held(3);
+    pid_t pid = H.pid;
+    kill(pid, SIGKILL);
+    helper_wait();
+    check_gone(pid);
+}
+
+static void test_underscore_exit_is_gone(void **state)
+{
+    (void)state;
+    pid_t pid = H.pid;
+    fprintf(H.in, "_exit\n");
+    fflush(H.in);
+    helper_wait();
+    check_gone(pid);
+}
+
+int main(void)
+{
+    if (!getenv("LEASH_STAT") || !getenv("LEASH_STAT_HELPER")) {
+        fprintf(stderr, "run through meson test: LEASH_STAT and LEASH_STAT_HELPER unset\n");
+        return 1;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_list_shows_the_process, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_text_is_the_dump, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_json_and_prometheus, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_watch_refreshes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stopped_process, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_exit_removes_the_page, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shutdown_removes_the_page, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_killed_is_gone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_underscore_exit_is_gone, setup, teardown),
+    };
+    return cmocka_run_group_tests_name("stat", tests, NULL, NULL);
+}
