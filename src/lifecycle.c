@@ -103,6 +103,7 @@ void leash__slots_init(struct leash_pool *p, struct leash_handle *seg, uint32_t 
         seg[i].pool = p;
         atomic_store(&seg[i].suspected, UINT64_MAX);
         atomic_store(&seg[i].acc_site, UINT32_MAX);
+        atomic_store(&seg[i].prev_site, UINT32_MAX);
     }
 }
 

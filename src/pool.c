@@ -42,7 +42,7 @@ static inline void fork_check(struct leash_pool *p)
 
 /* Makes s (owned by the caller) the caller's borrow: the borrow record, the per-site and
  * per-slot numbers, then HELD with the next borrow number. Returns the handle value. */
-static inline leash_handle *lend(struct leash_pool *p, struct leash_handle *s, uint64_t now_raw,
+static inline __attribute__((always_inline)) leash_handle *lend(struct leash_pool *p, struct leash_handle *s, uint64_t now_raw,
                                  uint64_t wait_ns, const char *file, int line, const char *func)
 {
     uint32_t site;
@@ -83,14 +83,10 @@ static inline leash_handle *lend(struct leash_pool *p, struct leash_handle *s, u
 
 /* s came off the idle stack or a cache: 1 if it may be lent as it is. Otherwise it is too
  * old, retired, evicted or fails validation: destroyed, slot freed, 0. */
-static inline int fresh(struct leash_pool *p, struct leash_handle *s, uint64_t now)
+static __attribute__((noinline)) int fresh_check(struct leash_pool *p, struct leash_handle *s,
+                                                 uint64_t now)
 {
     int retire = atomic_load_explicit(&s->retire, memory_order_relaxed);
-    int recheck = atomic_load_explicit(&s->recheck, memory_order_relaxed);
-    int due = p->adapter->validate && now - ld(&s->idle_since) > p->validate_ns;
-    if (LEASH_LIKELY(!retire && !recheck && !due && now < ld(&s->expire_ns) &&
-                     s->conn_epoch == ld(&p->evict_epoch)))
-        return 1;
     int why = -1;
     if (retire)
         why = retire - 1;
@@ -109,6 +105,17 @@ static inline int fresh(struct leash_pool *p, struct leash_handle *s, uint64_t n
         return 1;
     leash__retire(p, s, why);
     return 0;
+}
+
+static inline __attribute__((always_inline)) int fresh(struct leash_pool *p,
+                                                       struct leash_handle *s, uint64_t now)
+{
+    if (LEASH_LIKELY(!atomic_load_explicit(&s->retire, memory_order_relaxed) &&
+                     !atomic_load_explicit(&s->recheck, memory_order_relaxed) &&
+                     now - ld(&s->idle_since) <= p->validate_ns && now < ld(&s->expire_ns) &&
+                     s->conn_epoch == ld(&p->evict_epoch)))
+        return 1;
+    return fresh_check(p, s, now);
 }
 
 static void on_acquire(struct leash_pool *p, leash_handle *h, uint64_t wait_ns, leash_status st)
@@ -304,7 +311,7 @@ static leash_handle *acquire_slow(struct leash_pool *p, int timeout_ms, const ch
 }
 
 /* Lends s, an idle slot the caller took, after checking it is still fit. */
-static inline leash_handle *lend_idle(struct leash_pool *p, struct leash_handle *s,
+static inline __attribute__((always_inline)) leash_handle *lend_idle(struct leash_pool *p, struct leash_handle *s,
                                       int timeout_ms, const char *file, int line,
                                       const char *func)
 {
@@ -397,9 +404,12 @@ static void misuse(struct leash_handle *s, const leash_handle *h, const char *wh
         func = atomic_load_explicit(&s->func, memory_order_relaxed);
         line = atomic_load_explicit(&s->line, memory_order_relaxed);
     } else if (borrow && h_names(h, borrow - 1)) { /* the one before the current borrow */
-        file = atomic_load_explicit(&s->prev_file, memory_order_relaxed);
-        func = atomic_load_explicit(&s->prev_func, memory_order_relaxed);
-        line = atomic_load_explicit(&s->prev_line, memory_order_relaxed);
+        uint32_t ps = atomic_load_explicit(&s->prev_site, memory_order_relaxed);
+        if (ps < LEASH_SITES) {
+            file = atomic_load_explicit(&p->sites[ps].file, memory_order_relaxed);
+            func = atomic_load_explicit(&p->sites[ps].func, memory_order_relaxed);
+            line = atomic_load_explicit(&p->sites[ps].line, memory_order_relaxed);
+        }
     } else {
         age = " (an older borrow)";
     }
@@ -499,11 +509,7 @@ static inline __attribute__((always_inline)) void give_back(struct leash_pool *p
     uint64_t borrow = w_borrow(atomic_load_explicit(&s->word, memory_order_relaxed));
     if (LEASH_UNLIKELY(ld(&s->suspected) == borrow))
         count(&p->returned_late);
-    atomic_store_explicit(&s->prev_file, atomic_load_explicit(&s->file, memory_order_relaxed),
-                          memory_order_relaxed);
-    atomic_store_explicit(&s->prev_func, atomic_load_explicit(&s->func, memory_order_relaxed),
-                          memory_order_relaxed);
-    atomic_store_explicit(&s->prev_line, atomic_load_explicit(&s->line, memory_order_relaxed),
+    atomic_store_explicit(&s->prev_site, atomic_load_explicit(&s->site, memory_order_relaxed),
                           memory_order_relaxed);
 
     if (how == END_DISCARD) {

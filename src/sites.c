@@ -5,12 +5,9 @@
 
 #include <string.h>
 
-/* 10 us .. 30 s, roughly 1-2.5-5 per decade. */
 const uint64_t leash__hist_le[LEASH_HIST_BUCKETS] = {
-    10000ull,      25000ull,      50000ull,      100000ull,      250000ull,
-    500000ull,     1000000ull,    2500000ull,    5000000ull,     10000000ull,
-    25000000ull,   50000000ull,   100000000ull,  250000000ull,   500000000ull,
-    1000000000ull, 2500000000ull, 5000000000ull, 10000000000ull, 30000000000ull,
+    1ull << 13, 1ull << 15, 1ull << 17, 1ull << 19, 1ull << 21, 1ull << 23,
+    1ull << 25, 1ull << 27, 1ull << 29, 1ull << 31, 1ull << 33, 1ull << 35,
 };
 
 static uint64_t site_key(const char *file, int line)
