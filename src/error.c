@@ -207,6 +207,21 @@ void leash__log_reset_once(void)
 
 /* ---- redaction ------------------------------------------------------------------------ */
 
+/* What leash__redact hides, and where a hidden part ends. Hiding too much is preferred to
+ * showing any part of a secret; a string cut short inside a hidden part is hidden to its end.
+ *
+ * URL userinfo: after each "://", up to the last '@' before the next whitespace (a URL has
+ * no raw whitespace, and a password may hold '/', '?', '#', '@', ':', '[', ']' or '%'
+ * unencoded). "user:***@" keeps the user name; a userinfo without ':' is hidden whole.
+ * Without a '@', a "host:port" whose port is not a port (a password whose "@host" is
+ * missing) is hidden from the ':' to the whitespace; a port is up to 5 digits, then the end
+ * of the authority or a quote or bracket closing the URL.
+ *
+ * Keys: password=value, password: value, "password": "value", PASSWORD 'value' (any case;
+ * also inside longer keys such as sentinel_password). A quoted value ends at its closing
+ * quote (backslash escapes, doubled quotes); an unquoted one at whitespace (backslash
+ * escapes), and in a URL query (a parameter name after '?' or '&') also at '&' or '#'. */
+
 static size_t put(char *out, size_t outlen, size_t o, const char *s, size_t n)
 {
     for (size_t i = 0; i < n && o + 1 < outlen; i++)
@@ -214,28 +229,95 @@ static size_t put(char *out, size_t outlen, size_t o, const char *s, size_t n)
     return o;
 }
 
-/* At in[i] starts "scheme://": returns the length of userinfo's password to hide, with
- * *from set to where it starts, or 0. */
-static size_t url_password(const char *in, size_t i, size_t *from)
+static int space(char ch)
 {
-    const char *p = strstr(in + i, "://");
-    if (!p)
-        return 0;
-    const char *auth = p + 3;
-    size_t end = strcspn(auth, "/?#@ \t");
-    if (auth[end] != '@') {
-        /* An '@' may still come after a '/', '?' or '#' inside the password itself. */
-        const char *at = strchr(auth, '@');
-        const char *sp = strpbrk(auth, " \t");
-        if (!at || (sp && sp < at))
-            return 0;
-        end = (size_t)(at - auth);
+    return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == '\v' || ch == '\f';
+}
+
+/* At in + a, just past "://": copies or hides the authority's userinfo into out at *o.
+ * Returns where the scan goes on (a when there is nothing to hide). */
+static size_t redact_authority(const char *in, size_t a, char *out, size_t outlen, size_t *o)
+{
+    size_t tok = a, at = 0, found = 0;
+    for (; in[tok] && !space(in[tok]); tok++) {
+        if (in[tok] == '@') {
+            at = tok;
+            found = 1;
+        }
     }
-    const char *colon = memchr(auth, ':', end);
-    if (!colon)
-        return 0;
-    *from = (size_t)(colon + 1 - in);
-    return (size_t)(auth + end - (colon + 1));
+    if (found) {
+        const char *colon = memchr(in + a, ':', at - a);
+        if (colon)
+            *o = put(out, outlen, *o, in + a, (size_t)(colon + 1 - (in + a)));
+        *o = put(out, outlen, *o, "***", 3);
+        return at; /* the '@' and the host are copied by the caller's scan */
+    }
+    size_t end = a;
+    while (end < tok && in[end] != '/' && in[end] != '?' && in[end] != '#')
+        end++;
+    size_t k = a;
+    if (in[k] == '[')
+        while (k < end && in[k] != ']')
+            k++;
+    while (k < end && in[k] != ':')
+        k++;
+    if (k == end)
+        return a;
+    size_t d = k + 1;
+    while (d < end && isdigit((unsigned char)in[d]))
+        d++;
+    /* A port ends the authority, or a quote or bracket around the URL does. */
+    if (d - (k + 1) <= 5 && (d == end || strchr("\"'>)]},;", in[d])))
+        return a;
+    *o = put(out, outlen, *o, in + a, k + 1 - a);
+    *o = put(out, outlen, *o, "***", 3);
+    return tok;
+}
+
+/* At in + i: if a password key starts there, copies the key as written and "***" into out
+ * at *o and returns where its value ends; otherwise returns i. */
+static size_t redact_key_value(const char *in, size_t i, char *out, size_t outlen, size_t *o)
+{
+    if (strncasecmp(in + i, "password", 8) != 0)
+        return i;
+    size_t j = i + 8;
+    if (in[j] == '"' || in[j] == '\'')
+        j++; /* a quoted key, as in JSON */
+    while (in[j] == ' ' || in[j] == '\t')
+        j++;
+    if (in[j] == '=' || in[j] == ':') {
+        j++;
+        while (in[j] == ' ' || in[j] == '\t')
+            j++;
+    } else if ((in[j] != '\'' && in[j] != '"') || j == i + 8) {
+        return i; /* neither "password=..." nor SQL's PASSWORD 'value' */
+    }
+    *o = put(out, outlen, *o, in + i, j - i);
+    *o = put(out, outlen, *o, "***", 3);
+    char quote = in[j];
+    if (quote == '\'' || quote == '"') {
+        for (j++; in[j]; j++) {
+            if (in[j] == '\\' && in[j + 1]) {
+                j++;
+            } else if (in[j] == quote) {
+                if (in[j + 1] != quote)
+                    return j + 1;
+                j++; /* a doubled quote is one quote of the value */
+            }
+        }
+        return j;
+    }
+    /* A query parameter: its name (e.g. sentinel_password) follows a '?' or '&'. */
+    size_t k = i;
+    while (k > 0 && (isalnum((unsigned char)in[k - 1]) || strchr("_-.", in[k - 1])))
+        k--;
+    int query = k > 0 && (in[k - 1] == '?' || in[k - 1] == '&');
+    while (in[j] && !space(in[j]) && !(query && (in[j] == '&' || in[j] == '#'))) {
+        if (in[j] == '\\' && in[j + 1])
+            j++;
+        j++;
+    }
+    return j;
 }
 
 void leash__redact(const char *in, char *out, size_t outlen)
@@ -245,47 +327,17 @@ void leash__redact(const char *in, char *out, size_t outlen)
     out[0] = '\0';
     if (!in)
         return;
-    size_t o = 0, len = strlen(in);
-    for (size_t i = 0; i < len;) {
-        size_t from = 0, n = 0;
-        /* A URL: scheme letters then "://". */
-        if (isalpha((unsigned char)in[i]) && (i == 0 || !isalnum((unsigned char)in[i - 1]))) {
-            size_t j = i;
-            while (isalnum((unsigned char)in[j]) || in[j] == '+' || in[j] == '-' || in[j] == '.')
-                j++;
-            if (strncmp(in + j, "://", 3) == 0)
-                n = url_password(in, i, &from);
-            if (n) {
-                o = put(out, outlen, o, in + i, from - i);
-                o = put(out, outlen, o, "***", 3);
-                i = from + n;
-                continue;
-            }
+    size_t o = 0;
+    for (size_t i = 0; in[i];) {
+        if (in[i] == ':' && in[i + 1] == '/' && in[i + 2] == '/') {
+            o = put(out, outlen, o, "://", 3);
+            i = redact_authority(in, i + 3, out, outlen, &o);
+            continue;
         }
-        /* password=value, password = 'quoted value' (also in URL query strings). */
-        if (strncasecmp(in + i, "password", 8) == 0 &&
-            (i == 0 || !isalnum((unsigned char)in[i - 1]))) {
-            size_t j = i + 8;
-            while (in[j] == ' ')
-                j++;
-            if (in[j] == '=') {
-                j++;
-                while (in[j] == ' ')
-                    j++;
-                o = put(out, outlen, o, "password=***", 12);
-                if (in[j] == '\'') {
-                    for (j++; in[j] && in[j] != '\''; j++)
-                        if (in[j] == '\\' && in[j + 1])
-                            j++;
-                    if (in[j] == '\'')
-                        j++;
-                } else {
-                    while (in[j] && in[j] != ' ' && in[j] != '&' && in[j] != '\t')
-                        j++;
-                }
-                i = j;
-                continue;
-            }
+        size_t next = redact_key_value(in, i, out, outlen, &o);
+        if (next != i) {
+            i = next;
+            continue;
         }
         o = put(out, outlen, o, in + i, 1);
         i++;

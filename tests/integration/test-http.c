@@ -1006,6 +1006,87 @@ static void test_password_never_shown(void **state)
     leash_release(&h);
 }
 
+/* Fails if any 4 or more consecutive characters of secret appear in text. */
+static void assert_no_fragment(const char *what, const char *text, const char *secret)
+{
+    size_t n = strlen(secret);
+    for (size_t i = 0; i + 4 <= n; i++) {
+        char part[5];
+        memcpy(part, secret + i, 4);
+        part[4] = '\0';
+        if (strstr(text, part))
+            fail_msg("%s shows \"%s\" of the password \"%s\": %s", what, part, secret, text);
+    }
+}
+
+static void test_password_delimiters_never_shown(void **state)
+{
+    /* Bad input tried: a base URL whose password holds one of / ? # @ : [ ] % raw, with the
+     * "@host" part, without it (so a parser could read the password as a port), and with a
+     * path after it; then one whose password is percent-encoded. Refused or accepted, no
+     * message, target or dump may show 4 characters of it. A password that cannot be told
+     * from the host or path is refused. */
+    static const char delims[] = "/?#@:[]%";
+    static const char *const forms[][2] = {
+        {"http://u:", "@127.0.0.1:1"},        {"http://u:", ""},
+        {"http://u:", "@127.0.0.1:1/prefix"}, {"https://", "@127.0.0.1:1"},
+        {"http://u:", "/more@127.0.0.1:1/"},
+    };
+    int accepted = 0;
+    for (const char *d = delims; *d; d++) {
+        for (size_t f = 0; f < sizeof forms / sizeof *forms; f++) {
+            char pw[32], url[128];
+            snprintf(pw, sizeof pw, "s3cr%cet-pw", *d);
+            snprintf(url, sizeof url, "%s%s%s", forms[f][0], pw, forms[f][1]);
+            /* Not a password there: "http://u:s3cr@et-pw" is a URL of the host et-pw,
+             * "https://s3cr:et-pw@..." one of the user s3cr. */
+            if ((*d == '@' && f == 1) || (*d == ':' && f == 3))
+                continue;
+            leash_pool *p = leash_http_pool("pw-chars", url, NULL);
+            if (!p) {
+                assert_int_equal(leash_last_status(), LEASH_EINVAL);
+                assert_non_null(strstr(leash_last_error(), "http pool \"pw-chars\": "));
+                assert_no_fragment("the open's message", leash_last_error(), pw);
+                continue;
+            }
+            /* Only ':' may be in a password raw: libcurl splits the userinfo at the first. */
+            if (*d != ':' || f == 1 || f == 4)
+                fail_msg("%s was accepted", url);
+            accepted++;
+            assert_no_fragment("the target", leash_pool_target(p), pw);
+            for (leash_format fmt = LEASH_FORMAT_TEXT; fmt <= LEASH_FORMAT_PROMETHEUS; fmt++) {
+                char *text = dump(fmt);
+                assert_no_fragment("a dump", text, pw);
+                free(text);
+            }
+            leash_handle *h = leash_acquire(p);
+            assert_non_null(h);
+            request_fails(h, "GET", "/x", LEASH_EIO, "http pool \"pw-chars\": GET ");
+            assert_no_fragment("a request's message", leash_last_error(), pw);
+            leash_release(&h);
+            leash_pool_close(p);
+        }
+    }
+    assert_int_equal(accepted, 2);
+    /* Percent-encoded, every delimiter is fine, and hidden all the same. */
+    const char *pw = "s3cr%2F%3F%23%40%3A%5B%5D%25et";
+    char url[128];
+    snprintf(url, sizeof url, "http://u:%s@127.0.0.1:18080", pw);
+    leash_pool *p = pool_with("pw-encoded", url, 1, NULL);
+    assert_no_fragment("the target", leash_pool_target(p), pw);
+    leash_handle *h = leash_acquire(p);
+    get_ok(h, "/small", 200, SMALL);
+    leash_release(&h);
+    char *text = dump(LEASH_FORMAT_TEXT);
+    assert_no_fragment("a dump", text, pw);
+    assert_non_null(strstr(text, "http://u:***@127.0.0.1:18080"));
+    free(text);
+    /* A bad escape in the password is refused without quoting it. */
+    assert_null(leash_http_pool("pw-bad-escape", "http://u:s3cr%zzet-pw@127.0.0.1:1", NULL));
+    assert_non_null(strstr(leash_last_error(), "'%'"));
+    assert_no_fragment("the open's message", leash_last_error(), "s3cr%zzet-pw");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1026,6 +1107,7 @@ int main(void)
         cmocka_unit_test_teardown(test_bad_handles, teardown_no_leaks),
         cmocka_unit_test_teardown(test_bad_options, teardown_no_leaks),
         cmocka_unit_test_teardown(test_password_never_shown, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_password_delimiters_never_shown, teardown_no_leaks),
         cmocka_unit_test_teardown(test_reload_and_restart_under_load, teardown_no_leaks),
     };
     const char *only = getenv("TEST_FILTER"); /* e.g. TEST_FILTER='*fork*' */
