@@ -15,7 +15,7 @@
 /* One table generates the status strings; numbered and append-only like the enum. */
 #define LEASH_STATUS_MAP(X)                                                                        \
     X(LEASH_OK, "success")                                                                         \
-    X(LEASH_ETIMEDOUT, "timed out waiting for a handle")                                           \
+    X(LEASH_ETIMEDOUT, "timed out (the deadline passed)")                                          \
     X(LEASH_EBUSY, "pool busy: too many waiters")                                                  \
     X(LEASH_ECONNECT, "could not connect")                                                         \
     X(LEASH_EINVAL, "invalid argument")                                                            \

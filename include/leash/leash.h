@@ -27,7 +27,7 @@ extern "C" {
 /* Status codes. Numbered and append-only; 0 is success. */
 typedef enum {
     LEASH_OK = 0,
-    LEASH_ETIMEDOUT, /* no handle became free before the deadline */
+    LEASH_ETIMEDOUT, /* the deadline passed (for a handle, a connect or a reply) */
     LEASH_EBUSY,     /* the pool already has max_waiters threads waiting */
     LEASH_ECONNECT,  /* the adapter could not make a connection */
     LEASH_EINVAL,    /* an argument is invalid (NULL, negative, malformed target, ...) */
