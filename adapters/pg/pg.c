@@ -1,271 +1,98 @@
-/* PostgreSQL adapter: pools of libpq connections that come back idle, with no result pending. */
-#include "common.h"
+/* PostgreSQL adapter: pools of libpq connections that come back idle, with no result pending,
+ * and keep the conninfo's target_session_attrs for their whole life. */
+#include "pg-int.h"
 
-#include <leash/pg.h>
-
-#include <ctype.h>
-#include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <unistd.h>
 
-#define PG_CONNECT_TIMEOUT_S 5
 #define PG_APP_NAME "leash"
-#define PG_RESET_NS 1000000000ull     /* each cleaning step on release: about a second */
-#define PG_QUICK_DRAIN_NS 20000000ull /* a query still running gets this long before a cancel */
-#define PG_VALIDATE_NS 1000000000ull  /* the empty query of validate */
-#define PG_INIT_NS 10000000000ull     /* init_sql on a new connection */
-#define PG_MSG_MAX 256
+#define PG_RESET_NS 1000000000ull      /* a release waits about this long at most */
+#define PG_QUICK_DRAIN_NS 20000000ull  /* a query still running gets this long before a cancel */
+#define PG_CANCEL_WAIT_NS 500000000ull /* for a cancel request to reach the server */
+#define PG_VALIDATE_NS 1000000000ull   /* the validation query */
 /* A connection back in the pool for less than this is lent without looking at its socket
  * (a poll per borrow is a few percent of a loopback round trip); one idle longer is checked
  * on first use. leash__coarse_ns ticks every few ms, so this means "this tick or the last". */
 #define PG_RECHECK_NS 2000000ull
 
-/* The pool's adapter context: the parsed conninfo, ready for PQconnectdbParams. */
+/* The pool's adapter context. */
 typedef struct pg_ctx {
-    PQconninfoOption *opts; /* PQconninfoParse's result; keys and vals point into it */
-    const char **keys, **vals;
-    const char *password; /* for scrubbing messages (points into opts), or NULL */
+    pg_target *target; /* what later connects use (one reference); under targets_lock */
+    char name[LEASH_NAME_MAX + 1];
     char *init_sql, *reset_sql, *app_name;
-    char timeout[16];
-    char shown[PG_MSG_MAX]; /* password-free description for dumps and errors */
+    int connect_timeout_s;
+    int command_timeout_ms;     /* -1: none */
+    _Atomic(leash_pool *) pool; /* between attach and detach */
 } pg_ctx;
 
-/* One pooled connection. */
+/* One pooled connection. Only the thread that holds it (a borrower, or the core while it
+ * validates or resets it) touches it, the notice receiver included. */
 typedef struct pg_conn {
     PGconn *conn;
     pg_ctx *ctx;
-    int raw;   /* leash_pg() gave the PGconn out, or a helper left a COPY: full check on release */
-    int fresh; /* back from the pool: check the socket on first use */
+    pg_target *target;    /* the conninfo it was made from (a reference) */
+    int host;             /* its entry in target->hosts */
+    int fallback;         /* prefer-standby: made when no standby would take it */
+    int raw;              /* leash_pg() gave the PGconn out, or a helper left a COPY */
+    int fresh;            /* back from the pool: check the socket on first use */
+    int doomed;           /* the server said 57P01/57P02/57P03: it is going away */
+    int misfit;           /* no longer keeps target_session_attrs: dropped on release */
     uint64_t released_ns; /* leash__coarse_ns() at the last release */
+    char peer[PG_PEER_MAX];
 } pg_conn;
 
-/* ---- messages ---- */
+/* Every pool context's target pointer. One lock for the adapter, so the fork hooks can hold
+ * it across fork() (a child never inherits it locked). Held only to read or swap a pointer
+ * and count a reference. */
+static pthread_mutex_t targets_lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* Copies a libpq message to out on one line ("\n\t" -> " ", "\n" -> "; ", trailing
- * whitespace dropped), without URL or key=value passwords and without any copy of the
- * pool's password. */
-static void shown(const pg_ctx *ctx, const char *msg, char *out, size_t outlen)
+static const char *pool_name(const pg_ctx *ctx)
 {
-    char flat[LEASH_ERR_MAX];
-    size_t n = 0;
-    if (!msg || !*msg)
-        msg = "no message from libpq";
-    for (const char *p = msg; *p && n + 3 < sizeof flat; p++) {
-        if (*p == '\n' && p[1] == '\t') {
-            flat[n++] = ' ';
-            p++;
-        } else if (*p == '\n') {
-            if (p[1]) {
-                flat[n++] = ';';
-                flat[n++] = ' ';
-            }
-        } else {
-            flat[n++] = *p;
-        }
-    }
-    while (n > 0 && isspace((unsigned char)flat[n - 1]))
-        n--;
-    flat[n] = '\0';
-    leash__redact(flat, out, outlen);
-    const char *pw = ctx ? ctx->password : NULL;
-    size_t pwlen = pw ? strlen(pw) : 0;
-    if (pwlen < 3)
-        return;
-    for (char *hit = strstr(out, pw); hit; hit = strstr(hit + 3, pw)) {
-        memset(hit, '*', 3);
-        memmove(hit + 3, hit + pwlen, strlen(hit + pwlen) + 1);
-    }
+    return ctx ? ctx->name : "";
 }
 
-/* Parts of conninfo that may hold the password: from the first "password" (any case) to the
- * end, and the password of a URI's user info. Fills up to 2 [start, end) pairs. */
-static int secret_regions(const char *conninfo, size_t reg[2][2])
+static int is_shutdown_state(const char *s)
 {
-    size_t len = strlen(conninfo);
-    int n = 0;
-    const char *pw = strcasestr(conninfo, "password");
-    if (pw) {
-        reg[n][0] = (size_t)(pw - conninfo);
-        reg[n++][1] = len;
-    }
-    const char *a = NULL;
-    if (strncmp(conninfo, "postgresql://", 13) == 0)
-        a = conninfo + 13;
-    else if (strncmp(conninfo, "postgres://", 11) == 0)
-        a = conninfo + 11;
-    if (a) {
-        size_t span = strcspn(a, "@/");
-        const char *colon = memchr(a, ':', span);
-        if (a[span] == '@' && colon) {
-            reg[n][0] = (size_t)(colon - conninfo);
-            reg[n++][1] = (size_t)(a + span - conninfo);
-        }
-    }
-    return n;
+    return s && (strcmp(s, "57P01") == 0 || strcmp(s, "57P02") == 0 || strcmp(s, "57P03") == 0);
 }
 
-/* 1 when frag (len bytes, quoted in a libpq message) can be shown: it occurs in conninfo
- * and no occurrence touches a part that may hold the password. */
-static int fragment_safe(const char *conninfo, const char *frag, size_t len)
-{
-    if (len == 0 || (len == 1 && ispunct((unsigned char)frag[0])))
-        return 1;
-    size_t reg[2][2];
-    int nreg = secret_regions(conninfo, reg);
-    size_t total = strlen(conninfo);
-    int found = 0;
-    for (size_t i = 0; i + len <= total; i++) {
-        if (memcmp(conninfo + i, frag, len) != 0)
-            continue;
-        found = 1;
-        for (int r = 0; r < nreg; r++)
-            if (i < reg[r][1] && reg[r][0] < i + len)
-                return 0;
-    }
-    return found;
-}
-
-/* Rewrites PQconninfoParse's error (which may quote a piece of the password, e.g. a bad
- * percent-escape inside it) so that each quoted fragment that might come from the password
- * is replaced by a note. */
-static void parse_error(const char *conninfo, const char *perr, char *out, size_t outlen)
-{
-    static const char hidden[] = "(hidden: it may hold the password)";
-    size_t n = 0;
-    if (!perr)
-        perr = "out of memory";
-    for (const char *p = perr; *p && n + 1 < outlen;) {
-        const char *close = *p == '"' ? strchr(p + 1, '"') : NULL;
-        if (!close) {
-            out[n++] = *p == '\n' ? ' ' : *p;
-            p++;
-            continue;
-        }
-        size_t len = (size_t)(close - p - 1);
-        if (fragment_safe(conninfo, p + 1, len))
-            n += (size_t)snprintf(out + n, outlen - n, "\"%.*s\"", (int)len, p + 1);
-        else
-            n += (size_t)snprintf(out + n, outlen - n, "%s", hidden);
-        if (n >= outlen)
-            n = outlen - 1;
-        p = close + 1;
-    }
-    while (n > 0 && isspace((unsigned char)out[n - 1]))
-        n--;
-    out[n] = '\0';
-}
-
-/* Server notices go to the log callback: WARNING and worse at warn, the rest at debug. */
+/* Server notices go to the log callback: WARNING and worse at warn, the rest at debug. One
+ * saying the server is going away (57P01 admin shutdown, 57P02 crash, 57P03 cannot connect
+ * now: an immediate shutdown's comes as a notice) dooms the connection. */
 static void notice(void *arg, const PGresult *res)
 {
+    pg_conn *c = arg;
+    if (is_shutdown_state(PQresultErrorField(res, PG_DIAG_SQLSTATE)))
+        c->doomed = 1;
     const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
     int level = LEASH_LOG_DEBUG;
     if (sev && (strcmp(sev, "WARNING") == 0 || strcmp(sev, "ERROR") == 0 ||
                 strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0))
         level = LEASH_LOG_WARN;
     char msg[PG_MSG_MAX];
-    shown(arg, PQresultErrorMessage(res), msg, sizeof msg);
-    leash__log(level, "pg: server says: %s", msg);
-}
-
-/* ---- bounded waits ---- */
-
-/* Waits until conn's socket is readable or the deadline (leash__now_ns) passes: 1 readable
- * (or in error: libpq will tell), 0 timed out, -1 no socket. */
-static int wait_readable(PGconn *conn, uint64_t deadline)
-{
-    int fd = PQsocket(conn);
-    if (fd < 0)
-        return -1;
-    for (;;) {
-        uint64_t now = leash__now_ns();
-        int ms = now >= deadline ? 0 : (int)((deadline - now + 999999) / 1000000);
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        int r = poll(&p, 1, ms);
-        if (r > 0)
-            return 1;
-        if (r == 0 && ms == 0)
-            return 0;
-        if (r < 0 && errno != EINTR)
-            return -1;
-    }
-}
-
-/* 1 when conn's socket has something to read right now (one poll, no wait). */
-static int readable_now(PGconn *conn)
-{
-    int fd = PQsocket(conn);
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    return fd < 0 || poll(&p, 1, 0) != 0;
-}
-
-/* For an idle connection whose socket is readable: reads what is there (a terminated
- * backend's last message, then the end of the stream, take two reads). Returns 0 when the
- * connection is still good, -1 when it is dead. */
-static int read_idle(PGconn *conn)
-{
-    for (int i = 0; i < 4; i++) {
-        if (!PQconsumeInput(conn) || PQstatus(conn) != CONNECTION_OK)
-            return -1;
-        if (!readable_now(conn))
-            return 0;
-    }
-    return -1; /* nobody should be talking to an idle connection this much */
-}
-
-enum { DRAIN_OK, DRAIN_TIMEOUT, DRAIN_FAILED };
-
-/* Reads and drops every pending result until libpq is idle again, waiting no later than
- * deadline. A COPY FROM STDIN is ended with an error; a COPY TO STDOUT is not drained
- * (DRAIN_FAILED: destroy). *sql_error is set when a result was an error. */
-static int drain(PGconn *conn, uint64_t deadline, int *sql_error)
-{
-    for (;;) {
-        if (!PQconsumeInput(conn))
-            return DRAIN_FAILED;
-        while (PQisBusy(conn)) {
-            int r = wait_readable(conn, deadline);
-            if (r == 0)
-                return DRAIN_TIMEOUT;
-            if (r < 0 || !PQconsumeInput(conn))
-                return DRAIN_FAILED;
-        }
-        PGresult *res = PQgetResult(conn);
-        if (!res)
-            break;
-        ExecStatusType st = PQresultStatus(res);
-        PQclear(res);
-        if (st == PGRES_FATAL_ERROR)
-            *sql_error = 1;
-        if (st == PGRES_COPY_IN) {
-            if (PQputCopyEnd(conn, "leash: the connection was released during COPY") != 1)
-                return DRAIN_FAILED;
-        } else if (st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
-            return DRAIN_FAILED;
-        }
-    }
-    return PQstatus(conn) == CONNECTION_OK ? DRAIN_OK : DRAIN_FAILED;
-}
-
-/* Runs sql (simple protocol, so it works behind pgbouncer) waiting no later than deadline:
- * 0 done, 1 SQL error, -1 connection failure or timeout (the connection is then unusable). */
-static int run(PGconn *conn, const char *sql, uint64_t deadline)
-{
-    int sql_error = 0;
-    if (!PQsendQuery(conn, sql) || drain(conn, deadline, &sql_error) != DRAIN_OK)
-        return -1;
-    return sql_error;
+    pg__shown(c->target->password, PQresultErrorMessage(res), 0, msg, sizeof msg);
+    leash__log(level, "pg pool \"%s\": server %s says: %s", pool_name(c->ctx), c->peer, msg);
 }
 
 /* ---- connections ---- */
 
+/* ctx's current target, with a reference for the caller. */
+static pg_target *ctx_target(pg_ctx *ctx)
+{
+    pthread_mutex_lock(&targets_lock);
+    pg_target *t = ctx->target;
+    /* relaxed: targets_lock orders it against the swap in pg_retarget */
+    atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed);
+    pthread_mutex_unlock(&targets_lock);
+    return t;
+}
+
 /* What every new (or re-made) connection gets: close-on-exec socket, notices to the log,
- * init_sql. Returns 0, or -1 with a message in err. */
+ * init_sql (bounded by the connect timeout). Returns 0, or -1 with a message in err. */
 static int setup(pg_conn *c, char *err, size_t errlen)
 {
     int fd = PQsocket(c->conn);
@@ -274,59 +101,214 @@ static int setup(pg_conn *c, char *err, size_t errlen)
         if (fl >= 0 && !(fl & FD_CLOEXEC))
             fcntl(fd, F_SETFD, fl | FD_CLOEXEC);
     }
-    PQsetNoticeReceiver(c->conn, notice, c->ctx);
-    if (c->ctx && c->ctx->init_sql &&
-        run(c->conn, c->ctx->init_sql, leash__now_ns() + PG_INIT_NS) != 0) {
+    PQsetNoticeReceiver(c->conn, notice, c);
+    uint64_t deadline = leash__now_ns() + (uint64_t)c->target->connect_timeout_ms * 1000000ull;
+    if (c->ctx && c->ctx->init_sql && pg__run(c->conn, c->ctx->init_sql, deadline) != 0) {
         char msg[PG_MSG_MAX];
-        shown(c->ctx, PQerrorMessage(c->conn), msg, sizeof msg);
-        snprintf(err, errlen, "init_sql failed: %s", msg);
+        pg__shown(c->target->password, PQerrorMessage(c->conn), 0, msg, sizeof msg);
+        snprintf(err, errlen, "init_sql failed on %s: %s", c->peer, msg);
         return -1;
     }
     return 0;
 }
 
-static void *pg_connect(void *arg, const char *target, char *err, size_t errlen)
+/* "host:port" of the server conn is on ("[v6]:port" for an IPv6 address). */
+static void peer_of(PGconn *conn, char *out, size_t outlen)
 {
-    pg_ctx *ctx = arg;
-    PGconn *conn =
-        ctx ? PQconnectdbParams(ctx->keys, ctx->vals, 0) : PQconnectdb(target ? target : "");
-    if (!conn) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
-    if (PQstatus(conn) != CONNECTION_OK) {
-        shown(ctx, PQerrorMessage(conn), err, errlen);
-        PQfinish(conn);
-        return NULL;
-    }
+    const char *host = PQhost(conn), *port = PQport(conn);
+    if (!host)
+        host = "";
+    if (!port || !*port)
+        port = "5432";
+    if (strchr(host, ':') && host[0] != '/')
+        snprintf(out, outlen, "[%s]:%s", host, port);
+    else
+        snprintf(out, outlen, "%s:%s", host, port);
+}
+
+/* target_session_attrs for the attempts that made or re-make c. */
+static const char *attempt_tsa(const pg_target *t, int fallback)
+{
+    if (t->tsa == PG_TSA_PREFER_STANDBY)
+        return fallback ? "any" : "standby";
+    return pg__tsa_name(t->tsa);
+}
+
+/* Wraps a new PGconn; takes t's reference. NULL with a message in err on failure. */
+static pg_conn *made(pg_ctx *ctx, pg_target *t, PGconn *conn, int host, int fallback, char *err,
+                     size_t errlen)
+{
     pg_conn *c = calloc(1, sizeof *c);
     if (!c) {
         snprintf(err, errlen, "out of memory");
         PQfinish(conn);
+        pg__target_put(t);
         return NULL;
     }
     c->conn = conn;
     c->ctx = ctx;
+    c->target = t;
+    c->host = host;
+    c->fallback = fallback;
+    peer_of(conn, c->peer, sizeof c->peer);
     if (setup(c, err, errlen) != 0) {
         PQfinish(conn);
+        pg__target_put(t);
         free(c);
         return NULL;
     }
     return c;
 }
 
-/* Alive and idle: no error on the socket, and the server answers an empty query. A socket
- * readable while idle is suspect (a terminated backend leaves its last words there while
- * PQstatus still says OK), so read it first. */
+/* Tries the hosts in the conninfo's order, each bounded by the connect timeout, with libpq
+ * checking target_session_attrs on each; prefer-standby first asks every host for a standby,
+ * then takes any (as libpq does). */
+static void *pg_connect(void *arg, const char *target, char *err, size_t errlen)
+{
+    pg_ctx *ctx = arg;
+    pg_target *t;
+    if (ctx) {
+        t = ctx_target(ctx);
+    } else { /* the table used without leash_pg_pool: parse the target each time */
+        leash_status st;
+        pg_defaults d = {.app_name = PG_APP_NAME};
+        t = pg__target_new(target ? target : "", &d, &st, err, errlen);
+        if (!t)
+            return NULL;
+    }
+    int passes = t->tsa == PG_TSA_PREFER_STANDBY ? 2 : 1;
+    size_t used = 0;
+    err[0] = '\0';
+    for (int pass = 0; pass < passes; pass++) {
+        for (int i = 0; i < t->nhosts; i++) {
+            char e[PG_MSG_MAX];
+            PGconn *conn = pg__connect_host(t, i, attempt_tsa(t, pass), e, sizeof e);
+            if (conn)
+                return made(ctx, t, conn, i, pass == 1, err, errlen);
+            if (used + 1 < errlen) {
+                int w = snprintf(err + used, errlen - used, "%s%s", used ? "; " : "", e);
+                used += w > 0 ? (size_t)w : 0;
+            }
+        }
+    }
+    pg__target_put(t);
+    return NULL;
+}
+
+/* Makes c again in place, on the same server (so it keeps its peer). 0, or -1 with a message
+ * in err (c->conn is then the failed connection: destroy c). */
+static int reconnect(pg_conn *c, char *err, size_t errlen)
+{
+    PGconn *conn =
+        pg__connect_host(c->target, c->host, attempt_tsa(c->target, c->fallback), err, errlen);
+    if (!conn)
+        return -1;
+    PQfinish(c->conn);
+    c->conn = conn;
+    c->doomed = 0;
+    return setup(c, err, errlen);
+}
+
+/* ---- does it still keep target_session_attrs? ---- */
+
+/* From what the server reports by itself (in_hot_standby, default_transaction_read_only, sent
+ * with each change by PostgreSQL 14 and later): 1 when c is on a server that no longer fits
+ * the pool's target_session_attrs. No system call. */
+static int reported_misfit(const pg_conn *c)
+{
+    const char *hs = PQparameterStatus(c->conn, "in_hot_standby");
+    const char *ro = PQparameterStatus(c->conn, "default_transaction_read_only");
+    int standby = hs && strcmp(hs, "on") == 0, primary = hs && strcmp(hs, "off") == 0;
+    int ro_on = ro && strcmp(ro, "on") == 0;
+    switch (c->target->tsa) {
+    case PG_TSA_READ_WRITE:
+        return standby || ro_on;
+    case PG_TSA_READ_ONLY:
+        return primary && ro && !ro_on;
+    case PG_TSA_PRIMARY:
+        return standby;
+    case PG_TSA_STANDBY:
+        return primary;
+    case PG_TSA_PREFER_STANDBY:
+        return primary && !c->fallback;
+    case PG_TSA_ANY:
+        break;
+    }
+    return 0;
+}
+
+/* Asks the server (libpq's own questions): 1 fits, 0 does not, -1 no answer. For "any", an
+ * empty query. */
+static int asked_fits(pg_conn *c, uint64_t deadline)
+{
+    pg_tsa tsa = c->target->tsa;
+    if (tsa == PG_TSA_ANY)
+        return pg__run(c->conn, "", deadline) == 0 ? 1 : -1;
+    const char *q = tsa == PG_TSA_READ_WRITE || tsa == PG_TSA_READ_ONLY
+                        ? "SHOW transaction_read_only"
+                        : "SELECT pg_is_in_recovery()";
+    char v[16];
+    if (pg__ask(c->conn, q, deadline, v, sizeof v) != 0)
+        return -1;
+    int yes = strcmp(v, "on") == 0 || strcmp(v, "t") == 0; /* read-only / in recovery */
+    switch (tsa) {
+    case PG_TSA_READ_WRITE:
+    case PG_TSA_PRIMARY:
+        return !yes;
+    case PG_TSA_READ_ONLY:
+    case PG_TSA_STANDBY:
+        return yes;
+    case PG_TSA_PREFER_STANDBY:
+        return yes || c->fallback;
+    case PG_TSA_ANY:
+        break;
+    }
+    return 1;
+}
+
+enum { FITS = 0, DEAD = -1, MISFIT = -2 };
+
+static int check(pg_conn *c)
+{
+    if (PQstatus(c->conn) != CONNECTION_OK || PQtransactionStatus(c->conn) != PQTRANS_IDLE)
+        return DEAD;
+    /* A socket readable while idle is suspect (a terminated backend leaves its last words
+     * there while PQstatus still says OK), so read it first. */
+    if (pg__readable_now(c->conn) && pg__read_idle(c->conn) != 0)
+        return DEAD;
+    if (c->doomed)
+        return DEAD;
+    int r = asked_fits(c, leash__now_ns() + PG_VALIDATE_NS);
+    if (r < 0 || c->doomed)
+        return DEAD;
+    return r ? FITS : MISFIT;
+}
+
+static void log_misfit(const pg_conn *c)
+{
+    leash__log(LEASH_LOG_INFO,
+               "pg pool \"%s\": the connection to %s no longer keeps target_session_attrs=%s (the "
+               "server changed role): retired",
+               pool_name(c->ctx), c->peer, pg__tsa_name(c->target->tsa));
+}
+
+/* Alive, idle, and still on a server that keeps target_session_attrs. A connection that fails
+ * gets the pool's other idle connections to the same server checked before they are lent. */
 static int pg_validate(void *arg, void *conn)
 {
     pg_conn *c = conn;
-    if (PQstatus(c->conn) != CONNECTION_OK || PQtransactionStatus(c->conn) != PQTRANS_IDLE)
-        return -1;
-    if (readable_now(c->conn) && read_idle(c->conn) != 0)
-        return -1;
-    return run(c->conn, "", leash__now_ns() + PG_VALIDATE_NS) == 0 ? 0 : -1;
+    int r = check(c);
+    if (r == FITS)
+        return 0;
+    if (r == MISFIT)
+        log_misfit(c);
+    leash_pool *pool = c->ctx ? atomic_load(&c->ctx->pool) : NULL;
+    if (pool)
+        leash_pool_check_peer(pool, c->peer);
+    return -1;
 }
+
+/* ---- release ---- */
 
 /* The full check for a PGconn the borrower used directly: leaves no query running, no
  * result pending, blocking mode. Returns 0, or LEASH_RESET_DIRTY / LEASH_RESET_BROKEN. */
@@ -343,35 +325,37 @@ static int reset_raw(pg_conn *c, int *dirty)
             return LEASH_RESET_DIRTY;
     }
     if (PQtransactionStatus(conn) == PQTRANS_ACTIVE) {
-        /* Results left unread, or a query still running: take what is there, give a
-         * running query a moment, then cancel it; never wait more than about a second. */
+        /* Results left unread, or a query still running: take what is there, give a running
+         * query a moment, then cancel it (the request itself bounded: the server may be
+         * paused); never wait more than about a second. */
+        uint64_t end = leash__now_ns() + PG_RESET_NS;
         int sql_error = 0;
         *dirty = 1;
-        int r = drain(conn, leash__now_ns() + PG_QUICK_DRAIN_NS, &sql_error);
-        if (r == DRAIN_TIMEOUT) {
-            PGcancel *cancel = PQgetCancel(conn);
-            char buf[PG_MSG_MAX];
-            if (cancel) {
-                PQcancel(cancel, buf, sizeof buf);
-                PQfreeCancel(cancel);
-            }
-            r = drain(conn, leash__now_ns() + PG_RESET_NS, &sql_error);
+        int r = pg__drain(conn, leash__now_ns() + PG_QUICK_DRAIN_NS, &sql_error);
+        if (r == PG_DRAIN_TIMEOUT) {
+            uint64_t wait = leash__now_ns() + PG_CANCEL_WAIT_NS;
+            r = pg__cancel(conn, wait < end ? wait : end) ? pg__drain(conn, end, &sql_error)
+                                                          : PG_DRAIN_FAILED;
         }
-        if (r != DRAIN_OK)
+        if (r != PG_DRAIN_OK)
             return PQstatus(conn) == CONNECTION_OK ? LEASH_RESET_DIRTY : LEASH_RESET_BROKEN;
-    } else if (readable_now(conn) && read_idle(conn) != 0) {
+    } else if (pg__readable_now(conn) && pg__read_idle(conn) != 0) {
         return LEASH_RESET_BROKEN;
     }
     PGnotify *note;
     while ((note = PQnotifies(conn)) != NULL)
         PQfreemem(note);
+    if (c->target->tsa != PG_TSA_ANY && reported_misfit(c)) {
+        log_misfit(c);
+        return LEASH_RESET_BROKEN;
+    }
     return 0;
 }
 
-/* On release. A borrower who used only leash_pg_exec/leash_pg_params left every result read
- * (PQexec reads them all), so the check is local: PQstatus and PQtransactionStatus, no
- * system call. A raw borrow gets reset_raw first. An open or failed transaction is rolled
- * back (dirty); then the optional reset_sql and init_sql. */
+/* On release. A borrower who used only leash_pg_exec/leash_pg_params left every result read,
+ * so the check is local: PQstatus and PQtransactionStatus, no system call. A raw borrow gets
+ * reset_raw first. An open or failed transaction is rolled back (dirty); then the optional
+ * reset_sql and init_sql. */
 static int pg_reset(void *arg, void *conn)
 {
     pg_ctx *ctx = arg;
@@ -379,7 +363,7 @@ static int pg_reset(void *arg, void *conn)
     int dirty = 0;
     c->fresh = 1;
     c->released_ns = leash__coarse_ns();
-    if (LEASH_UNLIKELY(PQstatus(c->conn) != CONNECTION_OK))
+    if (LEASH_UNLIKELY(PQstatus(c->conn) != CONNECTION_OK || c->doomed || c->misfit))
         return LEASH_RESET_BROKEN;
     if (LEASH_UNLIKELY(c->raw)) {
         c->raw = 0;
@@ -392,20 +376,21 @@ static int pg_reset(void *arg, void *conn)
         if (tx != PQTRANS_INTRANS && tx != PQTRANS_INERROR)
             return LEASH_RESET_BROKEN;
         dirty = 1;
-        if (run(c->conn, "ROLLBACK", leash__now_ns() + PG_RESET_NS) != 0 ||
+        if (pg__run(c->conn, "ROLLBACK", leash__now_ns() + PG_RESET_NS) != 0 ||
             PQtransactionStatus(c->conn) != PQTRANS_IDLE)
             return PQstatus(c->conn) == CONNECTION_OK ? LEASH_RESET_DIRTY : LEASH_RESET_BROKEN;
     }
     if (ctx && ctx->reset_sql) {
         char err[PG_MSG_MAX];
-        int r = run(c->conn, ctx->reset_sql, leash__now_ns() + PG_RESET_NS);
+        int r = pg__run(c->conn, ctx->reset_sql, leash__now_ns() + PG_RESET_NS);
         if (r == 0 && setup(c, err, sizeof err) != 0)
             r = 1;
         if (r != 0) {
             /* Routine cleaning failed: not the borrower's doing, so broken, not dirty. */
             char msg[PG_MSG_MAX];
-            shown(ctx, PQerrorMessage(c->conn), msg, sizeof msg);
-            leash__log(LEASH_LOG_WARN, "pg: reset_sql failed, connection dropped: %s", msg);
+            pg__shown(c->target->password, PQerrorMessage(c->conn), 0, msg, sizeof msg);
+            leash__log(LEASH_LOG_WARN, "pg pool \"%s\": reset_sql failed, connection dropped: %s",
+                       pool_name(ctx), msg);
             return dirty ? LEASH_RESET_DIRTY : LEASH_RESET_BROKEN;
         }
     }
@@ -416,6 +401,7 @@ static void pg_destroy(void *arg, void *conn)
 {
     pg_conn *c = conn;
     PQfinish(c->conn);
+    pg__target_put(c->target);
     free(c);
 }
 
@@ -440,13 +426,70 @@ static void pg_abandon(void *arg, void *conn)
     pg_destroy(arg, conn);
 }
 
+/* ---- the rest of the adapter table ---- */
+
 static void pg_describe(void *arg, const char *target, char *out, size_t outlen)
+{
+    pg__describe(target, out, outlen);
+}
+
+static void pg_peer(void *arg, void *conn, char *out, size_t outlen)
+{
+    const pg_conn *c = conn;
+    snprintf(out, outlen, "%s", c->peer);
+}
+
+/* leash_pool_retarget: the new conninfo gets every check of leash_pg_pool, then later
+ * connects use it; a connect in flight keeps the target it started with (a reference). */
+static int pg_retarget(void *arg, const char *target, char *err, size_t errlen)
+{
+    pg_ctx *ctx = arg;
+    leash_status st;
+    pg_defaults d = {.app_name = ctx ? ctx->app_name : PG_APP_NAME,
+                     .connect_timeout_s = ctx ? ctx->connect_timeout_s : 0};
+    pg_target *t = pg__target_new(target ? target : "", &d, &st, err, errlen);
+    if (!t)
+        return -1;
+    if (!ctx) {
+        pg__target_put(t);
+        return 0;
+    }
+    pthread_mutex_lock(&targets_lock);
+    pg_target *old = ctx->target;
+    ctx->target = t;
+    pthread_mutex_unlock(&targets_lock);
+    pg__target_put(old);
+    return 0;
+}
+
+static void pg_attach(void *arg, leash_pool *pool)
 {
     pg_ctx *ctx = arg;
     if (ctx)
-        snprintf(out, outlen, "%s", ctx->shown);
-    else
-        leash__redact(target ? target : "", out, outlen);
+        atomic_store(&ctx->pool, pool);
+}
+
+static void pg_detach(void *arg)
+{
+    pg_ctx *ctx = arg;
+    if (ctx)
+        atomic_store(&ctx->pool, NULL);
+}
+
+static void fork_prepare(void)
+{
+    pthread_mutex_lock(&targets_lock);
+}
+
+static void fork_parent(void)
+{
+    pthread_mutex_unlock(&targets_lock);
+}
+
+static void fork_child(void)
+{
+    pthread_mutex_unlock(&targets_lock);
+    pg__cancel_fork_child();
 }
 
 static void ctx_free(void *arg)
@@ -454,9 +497,7 @@ static void ctx_free(void *arg)
     pg_ctx *ctx = arg;
     if (!ctx)
         return;
-    PQconninfoFree(ctx->opts);
-    free(ctx->keys);
-    free(ctx->vals);
+    pg__target_put(ctx->target);
     free(ctx->init_sql);
     free(ctx->reset_sql);
     free(ctx->app_name);
@@ -472,36 +513,16 @@ const leash_adapter leash_pg_adapter = {
     .abandon = pg_abandon,
     .describe = pg_describe,
     .ctx_free = ctx_free,
+    .fork_prepare = fork_prepare,
+    .fork_parent = fork_parent,
+    .fork_child = fork_child,
+    .retarget = pg_retarget,
+    .attach = pg_attach,
+    .detach = pg_detach,
+    .peer = pg_peer,
 };
 
 /* ---- pools ---- */
-
-static const char *opt_val(const PQconninfoOption *o, const char *key)
-{
-    for (; o->keyword; o++)
-        if (strcmp(o->keyword, key) == 0)
-            return o->val;
-    return NULL;
-}
-
-/* port: a comma-separated list of numbers 1..65535 (an empty item means the default). */
-static int ports_ok(const char *ports)
-{
-    const char *p = ports;
-    while (*p) {
-        long v = 0;
-        const char *start = p;
-        while (isdigit((unsigned char)*p) && v <= 65535)
-            v = v * 10 + (*p++ - '0');
-        if (p != start && (v < 1 || v > 65535))
-            return 0;
-        if (*p == ',')
-            p++;
-        else if (*p)
-            return 0;
-    }
-    return 1;
-}
 
 static char *dup_opt(const char *s, int *oom)
 {
@@ -516,74 +537,29 @@ static char *dup_opt(const char *s, int *oom)
 /* Builds the pool context from conninfo and the options; NULL with the failure recorded. */
 static pg_ctx *ctx_new(const char *name, const char *conninfo, const leash_pg_options *o)
 {
-    char *perr = NULL;
-    PQconninfoOption *opts = PQconninfoParse(conninfo, &perr);
-    if (!opts) {
-        char msg[LEASH_ERR_MAX / 2];
-        parse_error(conninfo, perr, msg, sizeof msg);
-        PQfreemem(perr);
-        return leash__fail_null(LEASH_EINVAL, "pg pool \"%s\": malformed conninfo: %s",
-                                name ? name : "", msg);
-    }
-    const char *port = opt_val(opts, "port");
-    if (port && !ports_ok(port)) {
-        leash__fail(LEASH_EINVAL,
-                    "pg pool \"%s\": malformed conninfo: port \"%.40s\" is not a list of "
-                    "numbers 1..65535",
-                    name ? name : "", port);
-        PQconninfoFree(opts);
-        return NULL;
-    }
     pg_ctx *ctx = calloc(1, sizeof *ctx);
-    size_t n = 0;
-    for (const PQconninfoOption *p = opts; p->keyword; p++)
-        n++;
     int oom = !ctx;
     if (ctx) {
-        ctx->opts = opts;
-        ctx->keys = calloc(n + 3, sizeof *ctx->keys);
-        ctx->vals = calloc(n + 3, sizeof *ctx->vals);
+        snprintf(ctx->name, sizeof ctx->name, "%s", name ? name : "");
         ctx->init_sql = dup_opt(o->init_sql, &oom);
         ctx->reset_sql = dup_opt(o->reset_sql, &oom);
         ctx->app_name = dup_opt(o->application_name ? o->application_name : PG_APP_NAME, &oom);
-        oom |= !ctx->keys || !ctx->vals;
+        ctx->connect_timeout_s = o->connect_timeout_s;
+        ctx->command_timeout_ms =
+            o->command_timeout_ms ? o->command_timeout_ms : PG_COMMAND_TIMEOUT_MS;
     }
     if (oom) {
-        if (ctx)
-            ctx_free(ctx);
-        else
-            PQconninfoFree(opts);
-        return leash__fail_null(LEASH_ENOMEM, "pg pool \"%s\": out of memory", name);
+        ctx_free(ctx);
+        return leash__fail_null(LEASH_ENOMEM, "pg pool \"%s\": out of memory", name ? name : "");
     }
-    size_t k = 0;
-    for (const PQconninfoOption *p = opts; p->keyword; p++) {
-        if (!p->val)
-            continue;
-        ctx->keys[k] = p->keyword;
-        ctx->vals[k++] = p->val;
+    char err[LEASH_ERR_MAX / 2];
+    leash_status st;
+    pg_defaults d = {.app_name = ctx->app_name, .connect_timeout_s = ctx->connect_timeout_s};
+    ctx->target = pg__target_new(conninfo, &d, &st, err, sizeof err);
+    if (!ctx->target) {
+        ctx_free(ctx);
+        return leash__fail_null(st, "pg pool \"%s\": %s", name ? name : "", err);
     }
-    if (!opt_val(opts, "application_name") && !opt_val(opts, "fallback_application_name")) {
-        ctx->keys[k] = "fallback_application_name";
-        ctx->vals[k++] = ctx->app_name;
-    }
-    if (!opt_val(opts, "connect_timeout")) {
-        snprintf(ctx->timeout, sizeof ctx->timeout, "%d",
-                 o->connect_timeout_s > 0 ? o->connect_timeout_s : PG_CONNECT_TIMEOUT_S);
-        ctx->keys[k] = "connect_timeout";
-        ctx->vals[k++] = ctx->timeout;
-    }
-    ctx->password = opt_val(opts, "password");
-
-    static const char *const show[] = {"host", "hostaddr", "port", "dbname", "user"};
-    size_t len = 0;
-    for (size_t i = 0; i < sizeof show / sizeof show[0] && len < sizeof ctx->shown; i++) {
-        const char *v = opt_val(opts, show[i]);
-        if (v)
-            len += (size_t)snprintf(ctx->shown + len, sizeof ctx->shown - len, "%s%s=%s",
-                                    len ? " " : "", show[i], v);
-    }
-    if (len == 0)
-        snprintf(ctx->shown, sizeof ctx->shown, "(libpq defaults)");
     return ctx;
 }
 
@@ -593,12 +569,18 @@ leash_pool *leash_pg_pool_with(const char *name, const char *conninfo,
     static const leash_pg_options defaults = {0};
     if (leash__ensure_init() != LEASH_OK)
         return NULL;
+    const char *n = name ? name : "";
     if (!conninfo)
-        return leash__fail_null(LEASH_EINVAL, "pg pool \"%s\": conninfo is NULL", name ? name : "");
+        return leash__fail_null(LEASH_EINVAL, "pg pool \"%s\": conninfo is NULL", n);
     if (pg && pg->connect_timeout_s < 0)
         return leash__fail_null(LEASH_EINVAL,
-                                "pg pool \"%s\": connect_timeout_s is %d: must be >= 0",
-                                name ? name : "", pg->connect_timeout_s);
+                                "pg pool \"%s\": connect_timeout_s is %d: must be >= 0", n,
+                                pg->connect_timeout_s);
+    if (pg && pg->command_timeout_ms < -1)
+        return leash__fail_null(LEASH_EINVAL,
+                                "pg pool \"%s\": command_timeout_ms is %d: must be >= 0, or -1 "
+                                "for none",
+                                n, pg->command_timeout_ms);
     pg_ctx *ctx = ctx_new(name, conninfo, pg ? pg : &defaults);
     if (!ctx)
         return NULL;
@@ -618,51 +600,146 @@ static pg_conn *held(leash_handle *h, const char *fn)
     return leash__held_conn(h, &leash_pg_adapter, fn, "PostgreSQL");
 }
 
+/* c is dead, or its server is going away: h's release destroys it, and the pool's other idle
+ * connections to that server are checked before they are lent. */
+static void lost(leash_handle *h, pg_conn *c)
+{
+    leash_mark_broken(h);
+    leash_pool_check_peer(leash_handle_pool(h), c->peer);
+}
+
+/* c's server no longer keeps target_session_attrs (it said so itself): c goes at release and
+ * the other idle connections to that server are checked. */
+static void misfit(leash_handle *h, pg_conn *c)
+{
+    c->misfit = 1;
+    log_misfit(c);
+    leash_mark_broken(h);
+    leash_pool_check_peer(leash_handle_pool(h), c->peer);
+}
+
+/* SQLSTATE 25006 on a read-write pool: the server became read-only (demoted, or made
+ * read-only by its configuration), so every connection of the pool to it is retired, this
+ * one at its release. */
+static void became_read_only(leash_handle *h, pg_conn *c)
+{
+    int n = leash_pool_evict_peer(leash_handle_pool(h), c->peer);
+    leash__log(LEASH_LOG_INFO,
+               "pg pool \"%s\": %s is read-only now (SQLSTATE 25006 on a read-write pool): %d "
+               "connection%s to it retired",
+               pool_name(c->ctx), c->peer, n, n == 1 ? "" : "s");
+    if (n < 0) { /* the pool could not evict: this one at least goes */
+        c->misfit = 1;
+        leash_mark_broken(h);
+    }
+}
+
 /* First use since the pool lent it: a connection that died while idle (backend terminated,
  * server restarted) still says CONNECTION_OK, but its socket is readable (checked when it
- * was idle more than PG_RECHECK_NS). Nothing of the
- * borrower's is on it yet, so make it again in place (same PGconn). Returns 0, or -1 with
- * h marked broken and the failure recorded. */
+ * was idle more than PG_RECHECK_NS). Nothing of the borrower's is on it yet, so it is made
+ * again in place on the same server; the pool's other idle connections to that server are
+ * checked before they are lent. Returns 0, or -1 with h marked broken and the failure
+ * recorded. */
 static int first_use(leash_handle *h, pg_conn *c, const char *fn)
 {
     c->fresh = 0;
     if (LEASH_LIKELY(
-            PQstatus(c->conn) == CONNECTION_OK &&
-            (leash__coarse_ns() - c->released_ns < PG_RECHECK_NS || !readable_now(c->conn))))
+            PQstatus(c->conn) == CONNECTION_OK && !c->doomed &&
+            (leash__coarse_ns() - c->released_ns < PG_RECHECK_NS || !pg__readable_now(c->conn))))
         return 0;
-    if (PQstatus(c->conn) == CONNECTION_OK && read_idle(c->conn) == 0)
+    if (PQstatus(c->conn) == CONNECTION_OK && !c->doomed && pg__read_idle(c->conn) == 0 &&
+        !c->doomed)
         return 0; /* a notification or parameter change, nothing wrong */
+    leash_pool_check_peer(leash_handle_pool(h), c->peer);
     char err[PG_MSG_MAX];
-    PQreset(c->conn);
-    if (PQstatus(c->conn) == CONNECTION_OK && setup(c, err, sizeof err) == 0) {
-        leash__log(LEASH_LOG_INFO, "pg: a pooled connection (%s) died while idle; reconnected",
-                   c->ctx ? c->ctx->shown : "?");
+    if (reconnect(c, err, sizeof err) == 0) {
+        leash__log(LEASH_LOG_INFO,
+                   "pg pool \"%s\": a pooled connection to %s died while idle; reconnected",
+                   pool_name(c->ctx), c->peer);
         return 0;
     }
-    if (PQstatus(c->conn) != CONNECTION_OK)
-        shown(c->ctx, PQerrorMessage(c->conn), err, sizeof err);
     leash_mark_broken(h);
-    leash__fail(LEASH_EIO, "%s: the connection died while idle and reconnecting failed: %s", fn,
-                err);
+    leash__fail(LEASH_EIO,
+                "%s: pool \"%s\": the connection to %s died while idle and reconnecting failed: %s",
+                fn, pool_name(c->ctx), c->peer, err);
     return -1;
 }
 
-/* A result from PQexec*: returned as is unless the connection failed (then NULL, LEASH_EIO,
- * h marked broken). */
-static PGresult *finish(leash_handle *h, pg_conn *c, PGresult *res, const char *fn)
+/* The deadline of a helper's statement. */
+static uint64_t command_deadline(const pg_conn *c)
 {
-    if (LEASH_LIKELY(res && PQstatus(c->conn) == CONNECTION_OK)) {
+    int ms = c->ctx ? c->ctx->command_timeout_ms : PG_COMMAND_TIMEOUT_MS;
+    return ms < 0 ? UINT64_MAX : leash__now_ns() + (uint64_t)ms * 1000000ull;
+}
+
+/* Before a helper's statement: the first-use check, and results a raw borrower left unread
+ * dropped, as PQexec would. 0, or -1 with the failure recorded. */
+static int before(leash_handle *h, pg_conn *c, uint64_t deadline, const char *fn)
+{
+    if (c->fresh && first_use(h, c, fn) != 0)
+        return -1;
+    if (LEASH_UNLIKELY(c->raw) && PQtransactionStatus(c->conn) == PQTRANS_ACTIVE) {
+        int sql_error = 0;
+        int r = pg__drain(c->conn, deadline, &sql_error);
+        if (r != PG_DRAIN_OK) {
+            leash_mark_broken(h);
+            leash__fail(r == PG_DRAIN_TIMEOUT ? LEASH_ETIMEDOUT : LEASH_EIO,
+                        "%s: pool \"%s\": the results left on the connection to %s could not be "
+                        "read (%s)",
+                        fn, pool_name(c->ctx), c->peer,
+                        r == PG_DRAIN_TIMEOUT ? "command_timeout_ms passed" : "COPY or failure");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* A result of pg__exec: returned as is (an SQL error included) unless the connection failed
+ * or the deadline passed (then NULL, LEASH_EIO or LEASH_ETIMEDOUT, h marked broken). What the
+ * server said on the way (25006 on a read-write pool, 57P0x, a changed role) retires
+ * connections, never the caller's result: leash does not retry a statement. */
+static PGresult *finish(leash_handle *h, pg_conn *c, PGresult *res, int timed_out, const char *fn)
+{
+    if (LEASH_LIKELY(res && PQstatus(c->conn) == CONNECTION_OK && !c->doomed)) {
         ExecStatusType st = PQresultStatus(res);
-        if (LEASH_UNLIKELY(st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH))
-            c->raw = 1; /* the borrower drives the COPY through leash_pg(): full check */
+        if (LEASH_UNLIKELY(st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)) {
+            if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH)
+                c->raw = 1; /* the borrower drives the COPY through leash_pg(): full check */
+            const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+            if (st == PGRES_FATAL_ERROR && state && strcmp(state, "25006") == 0 &&
+                c->target->tsa == PG_TSA_READ_WRITE) {
+                became_read_only(h, c);
+                return res;
+            }
+            if (st == PGRES_FATAL_ERROR && is_shutdown_state(state)) {
+                lost(h, c);
+                return res;
+            }
+        }
+        if (LEASH_UNLIKELY(c->target->tsa != PG_TSA_ANY) && !c->misfit && reported_misfit(c))
+            misfit(h, c);
         return res;
+    }
+    if (res && PQstatus(c->conn) == CONNECTION_OK) { /* doomed: the answer stands */
+        lost(h, c);
+        return res;
+    }
+    if (timed_out) {
+        pg__cancel(c->conn, 0); /* the server may still run it: ask it to stop, do not wait */
+        leash_mark_broken(h);
+        return leash__fail_null(LEASH_ETIMEDOUT,
+                                "%s: pool \"%s\": no answer from %s within %d ms "
+                                "(command_timeout_ms); the connection is dropped at release",
+                                fn, pool_name(c->ctx), c->peer,
+                                c->ctx ? c->ctx->command_timeout_ms : PG_COMMAND_TIMEOUT_MS);
     }
     char msg[PG_MSG_MAX];
     const char *m = res ? PQresultErrorMessage(res) : "";
-    shown(c->ctx, *m ? m : PQerrorMessage(c->conn), msg, sizeof msg);
+    pg__shown(c->target->password, *m ? m : PQerrorMessage(c->conn), 0, msg, sizeof msg);
     PQclear(res);
-    leash_mark_broken(h);
-    return leash__fail_null(LEASH_EIO, "%s: connection failed: %s", fn, msg);
+    lost(h, c);
+    return leash__fail_null(LEASH_EIO, "%s: pool \"%s\": connection failed (%s): %s", fn,
+                            pool_name(c->ctx), c->peer, msg);
 }
 
 PGconn *leash_pg(leash_handle *h)
@@ -682,10 +759,14 @@ PGresult *leash_pg_exec(leash_handle *h, const char *sql)
     if (!c)
         return NULL;
     if (!sql)
-        return leash__fail_null(LEASH_EINVAL, "leash_pg_exec: sql is NULL");
-    if (c->fresh && first_use(h, c, "leash_pg_exec") != 0)
+        return leash__fail_null(LEASH_EINVAL, "leash_pg_exec: pool \"%s\": sql is NULL",
+                                pool_name(c->ctx));
+    uint64_t deadline = command_deadline(c);
+    if (before(h, c, deadline, "leash_pg_exec") != 0)
         return NULL;
-    return finish(h, c, PQexec(c->conn, sql), "leash_pg_exec");
+    int timed_out;
+    PGresult *res = pg__exec(c->conn, sql, 0, 0, NULL, deadline, &timed_out);
+    return finish(h, c, res, timed_out, "leash_pg_exec");
 }
 
 PGresult *leash_pg_params(leash_handle *h, const char *sql, int nparams, const char *const *values)
@@ -694,17 +775,20 @@ PGresult *leash_pg_params(leash_handle *h, const char *sql, int nparams, const c
     if (!c)
         return NULL;
     if (!sql)
-        return leash__fail_null(LEASH_EINVAL, "leash_pg_params: sql is NULL");
+        return leash__fail_null(LEASH_EINVAL, "leash_pg_params: pool \"%s\": sql is NULL",
+                                pool_name(c->ctx));
     if (nparams < 0 || nparams > 65535 || (nparams > 0 && !values))
         return leash__fail_null(LEASH_EINVAL,
-                                "leash_pg_params: nparams is %d with values %s (need 0..65535 "
-                                "and values for each)",
-                                nparams, values ? "set" : "NULL");
-    if (c->fresh && first_use(h, c, "leash_pg_params") != 0)
+                                "leash_pg_params: pool \"%s\": nparams is %d with values %s (need "
+                                "0..65535 and values for each)",
+                                pool_name(c->ctx), nparams, values ? "set" : "NULL");
+    uint64_t deadline = command_deadline(c);
+    if (before(h, c, deadline, "leash_pg_params") != 0)
         return NULL;
     /* The unnamed statement: no server-side state survives the call (pgbouncer-safe). */
-    return finish(h, c, PQexecParams(c->conn, sql, nparams, NULL, values, NULL, NULL, 0),
-                  "leash_pg_params");
+    int timed_out;
+    PGresult *res = pg__exec(c->conn, sql, 1, nparams, values, deadline, &timed_out);
+    return finish(h, c, res, timed_out, "leash_pg_params");
 }
 
 void leash__result_clear(PGresult **r)

@@ -1,9 +1,6 @@
 /* Integration tests of the PostgreSQL adapter against a real PostgreSQL 15 and pgbouncer
  * (tests/servers.d/pg.sh, pgbouncer.sh). */
-#include "kit.h"
-#include "servers.h"
-
-#include <leash/pg.h>
+#include "test-pg-util.h"
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -21,9 +18,6 @@
 
 #include <cmocka.h>
 
-#define PG_KV "host=127.0.0.1 port=15432 dbname=leash user=leash password=" SRV_PG_PASSWORD
-#define BOUNCER_KV "host=127.0.0.1 port=16432 dbname=leash user=leash password=" SRV_PG_PASSWORD
-
 /* Which server a test of the basic suite talks to (the group's state). */
 struct target {
     const char *conninfo;
@@ -31,79 +25,6 @@ struct target {
 };
 static struct target direct = {PG_KV, 0};
 static struct target bouncer = {BOUNCER_KV, 1};
-
-/* ---- helpers ---- */
-
-/* Runs sql as the superuser over the unix socket; returns the first value (malloc'd, "" when
- * there is none). Fails the test on an error. */
-static char *su(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *su(const char *fmt, ...)
-{
-    char sql[512], ci[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(sql, sizeof sql, fmt, ap);
-    va_end(ap);
-    snprintf(ci, sizeof ci, "host=%s port=%d dbname=leash user=postgres", srv_path("pg"),
-             SRV_PG_PORT);
-    PGconn *c = PQconnectdb(ci);
-    if (PQstatus(c) != CONNECTION_OK)
-        fail_msg("superuser connect: %s", PQerrorMessage(c));
-    PGresult *r = PQexec(c, sql);
-    ExecStatusType st = PQresultStatus(r);
-    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
-        fail_msg("%s: %s", sql, PQresultErrorMessage(r));
-    char *v = strdup(st == PGRES_TUPLES_OK && PQntuples(r) > 0 ? PQgetvalue(r, 0, 0) : "");
-    PQclear(r);
-    PQfinish(c);
-    return v;
-}
-
-static long su_long(const char *sql)
-{
-    char *v = su("%s", sql);
-    long n = atol(v);
-    free(v);
-    return n;
-}
-
-/* The first value of sql through h, as a malloc'd string; fails the test unless it worked. */
-static char *value(leash_handle *h, const char *sql)
-{
-    LEASH_RESULT PGresult *r = leash_pg_exec(h, sql);
-    if (!r)
-        fail_msg("%s: %s", sql, leash_last_error());
-    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) < 1)
-        fail_msg("%s: %s", sql, PQresultErrorMessage(r));
-    return strdup(PQgetvalue(r, 0, 0));
-}
-
-static long value_long(leash_handle *h, const char *sql)
-{
-    char *v = value(h, sql);
-    long n = atol(v);
-    free(v);
-    return n;
-}
-
-static void exec_ok(leash_handle *h, const char *sql)
-{
-    LEASH_RESULT PGresult *r = leash_pg_exec(h, sql);
-    if (!r)
-        fail_msg("%s: %s", sql, leash_last_error());
-    if (PQresultStatus(r) != PGRES_COMMAND_OK && PQresultStatus(r) != PGRES_TUPLES_OK)
-        fail_msg("%s: %s", sql, PQresultErrorMessage(r));
-}
-
-static leash_pool *pool(const char *name, const char *conninfo, int max_size,
-                        const leash_pg_options *pg)
-{
-    leash_pool_options o = {.max_size = max_size, .acquire_timeout_ms = 5000};
-    leash_pool *p = leash_pg_pool_with(name, conninfo, &o, pg);
-    if (!p)
-        fail_msg("pool %s: %s", name, leash_last_error());
-    return p;
-}
 
 static int group_setup(void **state)
 {
@@ -351,19 +272,6 @@ static void test_running_query_cancelled(void **state)
 }
 
 /* ---- PostgreSQL only ---- */
-
-static long backend_pid(leash_handle *h)
-{
-    return value_long(h, "SELECT pg_backend_pid()");
-}
-
-static void terminate(long pid)
-{
-    char *v = su("SELECT pg_terminate_backend(%ld, 5000)", pid);
-    assert_string_equal(v, "t");
-    free(v);
-    sleep_ms(20); /* idle long enough for the adapter to look at the socket */
-}
 
 /* A pooled connection whose backend is terminated while idle is replaced on its next use:
  * in place on first use (helper or raw), or by validate after validate_idle_ms. */
@@ -752,8 +660,11 @@ static void test_notices_to_log(void **state)
     assert_null(strstr(err, "leash-notice-1"));
     assert_null(strstr(err, "leash-warning-2"));
     free(err);
-    assert_non_null(strstr(log_text, "[0] pg: server says: NOTICE:  leash-notice-1"));
-    assert_non_null(strstr(log_text, "[2] pg: server says: WARNING:  leash-warning-2"));
+    assert_non_null(strstr(
+        log_text, "[0] pg pool \"notices\": server 127.0.0.1:15432 says: NOTICE:  leash-notice-1"));
+    assert_non_null(
+        strstr(log_text,
+               "[2] pg pool \"notices\": server 127.0.0.1:15432 says: WARNING:  leash-warning-2"));
     assert_balanced(p);
 }
 
@@ -874,6 +785,11 @@ int main(void)
         cmocka_unit_test_teardown(test_bad_conninfo, teardown_no_leaks),
         cmocka_unit_test_teardown(test_bad_handles, teardown_no_leaks),
         cmocka_unit_test_teardown(test_server_restart_under_load, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_bad_option_values, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_password_characters, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_password_characters_accepted, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_messages_name_the_pool, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_retarget, teardown_no_leaks),
     };
     /* The basic suite again through pgbouncer (transaction pooling, no reset query). */
     const struct CMUnitTest pgbouncer[] = {
