@@ -27,7 +27,8 @@
  * Immutable once published. A connection keeps the one it was made for (the core retires
  * connections made before a retarget), so every version lives until the context is freed. */
 typedef struct http_base {
-    char *url; /* validated, no trailing '/' */
+    char *target; /* as given to leash_http_pool or leash_pool_retarget */
+    char *url;    /* validated, no trailing '/' */
     size_t len;
     char shown[LEASH_ERR_MAX / 2]; /* url without password, for messages */
     char peer[HTTP_PEER_MAX];      /* "host:port", for the adapter's peer hook */
@@ -364,6 +365,15 @@ void leash__http_show_base(const char *url, char *out, size_t outlen)
         free(tmp);
 }
 
+static void free_base(http_base *b)
+{
+    if (b) {
+        free(b->target);
+        free(b->url);
+        free(b);
+    }
+}
+
 /* A new version of the base URL: checked, trailing '/' removed, its shown form and peer. */
 static leash_status new_base(const char *name, const char *url, http_base **out, char *why,
                              size_t whylen)
@@ -373,8 +383,8 @@ static leash_status new_base(const char *name, const char *url, http_base **out,
     if (st != LEASH_OK)
         return st;
     http_base *b = calloc(1, sizeof *b);
-    if (!b || !(b->url = strdup(url))) {
-        free(b);
+    if (!b || !(b->url = strdup(url)) || !(b->target = strdup(url))) {
+        free_base(b);
         return say(why, whylen, name, LEASH_ENOMEM, "out of memory");
     }
     b->len = strlen(b->url);
@@ -384,8 +394,7 @@ static leash_status new_base(const char *name, const char *url, http_base **out,
     /* The peer: host and port as curl will connect to them (default port by scheme). */
     CURLU *u = curl_url();
     if (!u) {
-        free(b->url);
-        free(b);
+        free_base(b);
         return say(why, whylen, name, LEASH_ENOMEM, "out of memory");
     }
     char *host = NULL, *port = NULL;
@@ -460,8 +469,16 @@ static void *http_connect(void *arg, const char *target, char *err, size_t errle
         return NULL;
     }
     c->ctx = ctx;
-    /* pairs with the release store in http_retarget: the version is complete */
+    /* The version of the core's target (the newest, unless a retarget is under way or the
+     * core could not adopt one the hook accepted). Acquire: pairs with the release store in
+     * http_retarget, so the version is complete. */
     c->base = atomic_load_explicit(&ctx->base, memory_order_acquire);
+    for (const http_base *b = c->base; b && target; b = b->older) {
+        if (strcmp(b->target, target) == 0) {
+            c->base = b;
+            break;
+        }
+    }
     c->curl = curl_easy_init();
     if (!c->curl) {
         snprintf(err, errlen, "http pool \"%s\": curl_easy_init failed", ctx->name);
@@ -597,8 +614,7 @@ static void ctx_free(void *arg)
     pthread_mutex_destroy(&ctx->retarget_lock);
     for (http_base *b = atomic_load(&ctx->base), *older; b; b = older) {
         older = b->older;
-        free(b->url);
-        free(b);
+        free_base(b);
     }
     curl_slist_free_all(ctx->headers);
     free(ctx->ca_file);
@@ -679,8 +695,7 @@ leash_pool *leash_http_pool_with(const char *name, const char *base_url,
         return leash__fail_null(st, "%s", why);
     http_ctx *ctx = calloc(1, sizeof *ctx);
     if (!ctx) {
-        free(base->url);
-        free(base);
+        free_base(base);
         fail(name, LEASH_ENOMEM, "out of memory");
         return NULL;
     }

@@ -873,6 +873,8 @@ static void test_bad_base_urls(void **state)
         if (p)
             fail_msg("base URL #%zu was accepted", i);
         assert_int_equal(leash_last_status(), LEASH_EINVAL);
+        if (strncmp(leash_last_error(), "http pool \"bad\": ", 17) != 0)
+            fail_msg("base URL #%zu: \"%s\" does not name the pool", i, leash_last_error());
         if (!strstr(leash_last_error(), bad[i].part))
             fail_msg("base URL #%zu: \"%s\" does not name \"%s\"", i, leash_last_error(),
                      bad[i].part);
@@ -899,6 +901,7 @@ static void test_bad_paths_and_methods(void **state)
     request_fails(h, "GET", "/small\t", LEASH_EINVAL, "control");
     request_fails(h, "GET", "/\x7f", LEASH_EINVAL, "control");
     request_fails(h, "GET", NULL, LEASH_EINVAL, "path");
+    assert_non_null(strstr(leash_last_error(), "http pool \"paths\": "));
     leash_http_response r = {.body = (char *)"junk", .len = 4};
     assert_int_equal(leash_http_get(h, " /small", &r), LEASH_EINVAL);
     assert_null(r.body);
@@ -968,6 +971,7 @@ static void test_bad_options(void **state)
         assert_int_equal(leash_last_status(), LEASH_EINVAL);
         if (!strstr(leash_last_error(), part[i]))
             fail_msg("options #%zu: \"%s\" does not name \"%s\"", i, leash_last_error(), part[i]);
+        assert_non_null(strstr(leash_last_error(), "http pool \"opt\": "));
     }
     /* A bad pool option (from the core) is refused too, and the context freed. */
     leash_pool_options neg = {.max_size = -1};
@@ -1087,6 +1091,119 @@ static void test_password_delimiters_never_shown(void **state)
     assert_no_fragment("the open's message", leash_last_error(), "s3cr%zzet-pw");
 }
 
+static void test_messages_name_the_pool_and_count_right(void **state)
+{
+    /* Bad input tried: a body over a max_body of 1 byte (singular), then of 2 bytes; a
+     * request on a refused port; a timeout. Every message names the pool. */
+    leash_http_options o = {.max_body = 1};
+    leash_pool *p = pool_with("one-byte", PLAIN, 1, &o);
+    leash_handle *h = leash_acquire(p);
+    request_fails(h, "GET", "/small", LEASH_EIO, "http pool \"one-byte\": GET " PLAIN "/small");
+    assert_non_null(strstr(leash_last_error(), "max_body (1 byte)"));
+    leash_release(&h);
+    o.max_body = 2;
+    p = pool_with("two-bytes", PLAIN, 1, &o);
+    h = leash_acquire(p);
+    request_fails(h, "GET", "small", LEASH_EIO, "max_body (2 bytes)");
+    leash_release(&h);
+    p = pool_with("refused-named", "http://127.0.0.1:1", 1, NULL);
+    h = leash_acquire(p);
+    request_fails(h, "POST", "/x", LEASH_EIO,
+                  "http pool \"refused-named\": POST http://127.0.0.1:1/x: ");
+    leash_release(&h);
+    leash_http_options slow = {.timeout_ms = 200};
+    p = pool_with("slow-named", PLAIN, 1, &slow);
+    h = leash_acquire(p);
+    request_fails(h, "GET", "/slow", LEASH_ETIMEDOUT, "http pool \"slow-named\": GET ");
+    leash_release(&h);
+}
+
+/* GETs path on a handle of p and returns the status (fails the test on a transport error). */
+static long status_of(leash_pool *p, const char *path)
+{
+    leash_handle *h = take(p);
+    leash_http_response r = {0};
+    if (leash_http_get(h, path, &r) != LEASH_OK)
+        fail_msg("GET %s: %s", path, leash_last_error());
+    long st = r.status;
+    leash_http_response_free(&r);
+    leash_release(&h);
+    return st;
+}
+
+static void test_retarget(void **state)
+{
+    /* Bad input tried: retargets to malformed URLs (one with a password holding '/', one
+     * with a query, NULL); each is refused, quotes no part of the password, and changes
+     * nothing. A good retarget takes effect for new connections; a handle held across it
+     * keeps its base until released, and its connection is then retired. */
+    leash_pool *p = pool_with("retarget", PLAIN "/prefix", 2, NULL);
+    /* /prefix/small exists; /prefix/prefix/small does not. */
+    assert_int_equal(status_of(p, "/small"), 200);
+    assert_int_equal(status_of(p, "/prefix/small"), 404);
+    leash_handle *held = take(p);
+
+    const char *bad[] = {"http://u:s3cr/et-pw@127.0.0.1:18080", PLAIN "/?q=1", "ftp://h/", ""};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        assert_int_equal(leash_pool_retarget(p, bad[i]), LEASH_EINVAL);
+        assert_non_null(strstr(leash_last_error(), "retarget"));
+        assert_no_fragment("a refused retarget's message", leash_last_error(), "s3cr/et-pw");
+    }
+    assert_int_equal(leash_pool_retarget(p, NULL), LEASH_EINVAL);
+    assert_string_equal(leash_pool_target(p), PLAIN "/prefix");
+    assert_int_equal(status_of(p, "/small"), 200);
+
+    assert_int_equal(leash_pool_retarget(p, "http://user:s3cret-pw@localhost:18080/"), LEASH_OK);
+    assert_string_equal(leash_pool_target(p), "http://user:***@localhost:18080");
+    char *text = dump(LEASH_FORMAT_TEXT);
+    assert_no_fragment("a dump", text, "s3cret-pw");
+    free(text);
+    /* New connections use the new base. */
+    assert_int_equal(status_of(p, "/prefix/small"), 200);
+    assert_int_equal(status_of(p, "/small"), 200);
+    /* The handle held across the retarget still talks to the base it was made for... */
+    leash_http_response r = {0};
+    assert_int_equal(leash_http_get(held, "/prefix/small", &r), LEASH_OK);
+    assert_int_equal(r.status, 404);
+    leash_http_response_free(&r);
+    /* ...and its connection is retired when it comes back, not reused. */
+    uint64_t evicted = stats(p).destroyed_evicted;
+    leash_release(&held);
+    assert_int_equal(stats(p).destroyed_evicted, evicted + 1);
+    assert_int_equal(status_of(p, "/prefix/small"), 200);
+}
+
+static void test_peer(void **state)
+{
+    /* The peer of each connection is the base URL's host and port (the scheme's default
+     * port when none is given), so leash_pool_evict_peer retires exactly those. Tried: a
+     * peer that matches nothing, an IPv6 host, an https URL without a port. */
+    leash_pool *p = pool_with("peer", PLAIN, 2, NULL);
+    leash_handle *a = take(p), *b = take(p);
+    leash_release(&a);
+    leash_release(&b);
+    assert_int_equal(leash_pool_evict_peer(p, "127.0.0.1:18443"), 0);
+    assert_int_equal(leash_pool_evict_peer(p, "localhost:18080"), 0);
+    assert_int_equal(leash_pool_evict_peer(p, "127.0.0.1:18080"), 2);
+    assert_int_equal(stats(p).destroyed_evicted, 2);
+
+    static const struct {
+        const char *base, *peer;
+    } forms[] = {
+        {"http://[::1]:18080/x", "[::1]:18080"},
+        {"https://example.invalid", "example.invalid:443"},
+        {"http://user:pw@example.invalid/", "example.invalid:80"},
+    };
+    for (size_t i = 0; i < sizeof forms / sizeof *forms; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "peer%zu", i);
+        leash_pool *q = pool_with(name, forms[i].base, 1, NULL);
+        leash_handle *h = take(q); /* no request: the easy handle connects lazily */
+        leash_release(&h);
+        assert_int_equal(leash_pool_evict_peer(q, forms[i].peer), 1);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1108,6 +1225,9 @@ int main(void)
         cmocka_unit_test_teardown(test_bad_options, teardown_no_leaks),
         cmocka_unit_test_teardown(test_password_never_shown, teardown_no_leaks),
         cmocka_unit_test_teardown(test_password_delimiters_never_shown, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_messages_name_the_pool_and_count_right, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_retarget, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_peer, teardown_no_leaks),
         cmocka_unit_test_teardown(test_reload_and_restart_under_load, teardown_no_leaks),
     };
     const char *only = getenv("TEST_FILTER"); /* e.g. TEST_FILTER='*fork*' */
