@@ -210,7 +210,7 @@ static void *job_main(void *arg)
         uint64_t tk = tick();
         s->conn = c;
         s->conn_gen = atomic_load(&leash__fork_gen);
-        s->conn_epoch = epoch;
+        atomic_store_explicit(&s->conn_epoch, epoch, memory_order_relaxed);
         atomic_store_explicit(&s->peer, peer[0] ? intern_peer(p, peer) : NULL,
                               memory_order_relaxed);
         atomic_store_explicit(&s->expire_ns, tk + jitter_locked(p, p->lifetime_ns),

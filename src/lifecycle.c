@@ -425,7 +425,7 @@ enum { KEEP, DROP_IDLE, DROP_LIFETIME, DROP_SURPLUS, DROP_RETIRED, CHECK };
 static int idle_verdict(struct leash_pool *p, struct leash_handle *s, uint64_t now,
                         uint32_t kept, uint32_t *size)
 {
-    if (atomic_load(&s->retire) || s->conn_epoch != ld(&p->evict_epoch))
+    if (atomic_load(&s->retire) || ld(&s->conn_epoch) != ld(&p->evict_epoch))
         return DROP_RETIRED;
     if (now >= ld(&s->expire_ns))
         return DROP_LIFETIME;

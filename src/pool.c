@@ -92,7 +92,7 @@ static __attribute__((noinline)) int fresh_check(struct leash_pool *p, struct le
         why = retire - 1;
     else if (now >= ld(&s->expire_ns))
         why = GONE_LIFETIME;
-    else if (s->conn_epoch != ld(&p->evict_epoch))
+    else if (ld(&s->conn_epoch) != ld(&p->evict_epoch))
         why = GONE_EVICTED;
     else if (p->adapter->validate) {
         atomic_store_explicit(&s->recheck, 0, memory_order_relaxed);
@@ -113,7 +113,7 @@ static inline __attribute__((always_inline)) int fresh(struct leash_pool *p,
     if (LEASH_LIKELY(!atomic_load_explicit(&s->retire, memory_order_relaxed) &&
                      !atomic_load_explicit(&s->recheck, memory_order_relaxed) &&
                      now - ld(&s->idle_since) <= p->validate_ns && now < ld(&s->expire_ns) &&
-                     s->conn_epoch == ld(&p->evict_epoch)))
+                     ld(&s->conn_epoch) == ld(&p->evict_epoch)))
         return 1;
     return fresh_check(p, s, now);
 }
@@ -537,7 +537,7 @@ static inline __attribute__((always_inline)) void give_back(struct leash_pool *p
     if (LEASH_UNLIKELY(retire || atomic_load_explicit(&s->broken, memory_order_relaxed) ||
                        s->conn_gen !=
                            atomic_load_explicit(&leash__fork_gen, memory_order_relaxed) ||
-                       s->conn_epoch != ld(&p->evict_epoch) ||
+                       ld(&s->conn_epoch) != ld(&p->evict_epoch) ||
                        atomic_load_explicit(&p->closed, memory_order_relaxed) ||
                        atomic_load_explicit(&p->size, memory_order_relaxed) >
                            atomic_load_explicit(&p->nslots, memory_order_relaxed))) {

@@ -81,7 +81,7 @@ struct leash_handle {
     _Atomic uint64_t word;  /* borrow << 8 | state */
     void *conn;             /* written by the slot's owner only */
     uint64_t conn_gen;      /* fork generation the connection was made in */
-    uint64_t conn_epoch;    /* the pool's evict epoch when its connect started */
+    _Atomic uint64_t conn_epoch; /* the pool's evict epoch when its connect started */
     _Atomic int broken;     /* leash_mark_broken: destroy on release */
     _Atomic int retire;     /* 1 + a GONE_* reason: destroy instead of reusing */
     _Atomic uint64_t expire_ns;  /* max_lifetime deadline on the coarse tick (jittered) */

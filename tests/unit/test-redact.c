@@ -102,6 +102,10 @@ static void test_key_value_forms(void **state)
                "postgresql://h/db?user=u&password=***");
     redacts_to("{\"password\": \"s3c\\\"ret-pw\", \"user\": \"u\"}", "s3c\\\"ret-pw",
                "{\"password\": ***, \"user\": \"u\"}");
+    /* a '@' in a query's password is not the end of a userinfo */
+    redacts_to("postgresql://h/db?password=p@ssw0rd-x&user=u", "p@ssw0rd-x",
+               "postgresql://***&user=u");
+    redacts_to("{\"url\":\"redis://h\",\"password\":\"p@ssw0rd-x\"}", "p@ssw0rd-x", NULL);
     redacts_to("PASSWORD=S3CRET-PW", "S3CRET-PW", "PASSWORD=***");
     redacts_to("ALTER ROLE u PASSWORD 's3cret-pw'", "s3cret-pw", "ALTER ROLE u PASSWORD ***");
     redacts_to("password: s3cret-pw", "s3cret-pw", "password: ***");
