@@ -121,6 +121,12 @@ redisContext *leash_redis(leash_handle *h)
     return c->rc;
 }
 
+const char *leash_redis_peer(leash_handle *h)
+{
+    redis_conn *c = held(h, "leash_redis_peer");
+    return c ? c->peer : NULL;
+}
+
 /* What a command changes in the tracked state. */
 enum {
     CMD_OTHER,

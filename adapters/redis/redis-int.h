@@ -30,7 +30,8 @@ typedef struct redis_ctx {
     redis_node known[REDIS_KNOWN_MAX]; /* sentinels to ask, the one that answered last first */
     int nknown;
     char master[REDIS_ADDR_MAX]; /* the master's address as last learned; "" unknown */
-    uint64_t epoch;              /* its config epoch (stale sentinels answer lower ones) */
+    uint64_t epoch;              /* its rank: 2 x config epoch (+1 while promoted, before the
+                                    switch); a sentinel behind the others answers lower */
     char replicas[REDIS_REPLICAS_MAX][REDIS_ADDR_MAX]; /* healthy replicas, role=replica */
     int nreplicas;
     unsigned rr;            /* round robin over replicas */

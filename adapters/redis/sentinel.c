@@ -54,8 +54,8 @@ struct redis_watcher {
 };
 
 static const char *const events[] = {
-    "+switch-master", "+convert-to-slave", "+sdown",       "-sdown", "+odown",
-    "+slave",         "+failover-end",     "+role-change", "-odown"};
+    "+switch-master", "+promoted-slave", "+convert-to-slave", "+sdown",      "-sdown", "+odown",
+    "-odown",         "+slave",          "+failover-end",     "+role-change"};
 #define NEVENTS ((int)(sizeof events / sizeof *events))
 
 /* ---- what the sentinels say ---- */
@@ -161,30 +161,44 @@ static int snapshot(redis_ctx *ctx, node_copy *out)
     return n;
 }
 
-/* A sentinel's answer about the master: addr with config epoch, from a lookup (event 0) or
- * a +switch-master event (event 1: no epoch; the next lookup brings it). Writes to use the
- * address to connect to (the one the pool knows when the answer is older), and returns the
- * previous master when the master moved (*moved set), so its connections can go. */
-static int apply_master(redis_ctx *ctx, const char *addr, uint64_t epoch, int event, char *use,
+/* A sentinel's answer about the master: addr with its rank (master_answer), from a lookup
+ * (event 0) or a +switch-master event (event 1: no rank; one above the known one, at most
+ * the real one, and the next lookup brings that). Writes to use the address to connect to
+ * (the one the pool knows when the answer ranks lower: a sentinel that has not heard of the
+ * failover yet is not followed back), and returns 1 when the master moved, the previous one
+ * in old, so its connections can go. */
+static int apply_master(redis_ctx *ctx, const char *addr, uint64_t rank, int event, char *use,
                         size_t uselen, char *old, size_t oldlen)
 {
     int moved = 0;
     pthread_mutex_lock(&ctx->lock);
-    if (!event && ctx->master[0] && epoch < ctx->epoch) {
+    if (!event && ctx->master[0] && rank < ctx->epoch) {
         snprintf(use, uselen, "%s", ctx->master); /* a sentinel behind the others */
     } else {
         moved = ctx->master[0] && strcmp(ctx->master, addr) != 0;
         if (moved)
             snprintf(old, oldlen, "%s", ctx->master);
         if (event && moved)
-            ctx->epoch++; /* at most the real one: a failover raises it */
-        else if (!event && epoch > ctx->epoch)
-            ctx->epoch = epoch;
+            ctx->epoch++; /* at most the real rank: a failover raises the epoch */
+        else if (!event && rank > ctx->epoch)
+            ctx->epoch = rank;
         snprintf(ctx->master, sizeof ctx->master, "%s", addr);
         snprintf(use, uselen, "%s", addr);
     }
     pthread_mutex_unlock(&ctx->lock);
     return moved;
+}
+
+/* addr, which the pool took for the master, is not one (a failover was aborted after the
+ * promotion, say): the sentinels' next answer is taken as it is. */
+static void forget_master(redis_ctx *ctx, const char *addr)
+{
+    pthread_mutex_lock(&ctx->lock);
+    if (strcmp(ctx->master, addr) == 0) {
+        ctx->master[0] = '\0';
+        ctx->epoch = 0;
+    }
+    pthread_mutex_unlock(&ctx->lock);
 }
 
 /* Healthy replicas of a SENTINEL REPLICAS reply into out (at most REDIS_REPLICAS_MAX). */
@@ -264,27 +278,70 @@ static void note(char *buf, size_t len, const char *fmt, ...)
     va_end(ap);
 }
 
-/* The sentinel commands of a lookup: [AUTH], SENTINEL MASTER, SENTINEL SENTINELS and, for a
- * replica pool, SENTINEL REPLICAS. Returns how many; iauth set (-1: none). */
-static int lookup_commands(const redis_target *t, const char *av[4][4], int *argc, int *iauth)
+/* Where the commands of a lookup are in its pipeline (-1: not sent). */
+typedef struct lookup_idx {
+    int auth, master, addr, sentinels, replicas;
+} lookup_idx;
+
+/* The sentinel commands of a lookup: [AUTH], SENTINEL MASTER (address and config epoch),
+ * SENTINEL GET-MASTER-ADDR-BY-NAME (the promoted replica's address as soon as it is master,
+ * before +switch-master), [SENTINEL SENTINELS], [SENTINEL REPLICAS for a replica pool].
+ * Returns how many. */
+static int lookup_commands(const redis_target *t, int auth, int sentinels, const char *av[5][4],
+                           int *argc, lookup_idx *ix)
 {
     int n = 0;
-    *iauth = -1;
-    if (t->sentinel_password) {
-        *iauth = n;
+    *ix = (lookup_idx){-1, -1, -1, -1, -1};
+    if (auth && t->sentinel_password) {
+        ix->auth = n;
         av[n][0] = "AUTH";
         av[n][1] = t->sentinel_user ? t->sentinel_user : t->sentinel_password;
         av[n][2] = t->sentinel_password;
         argc[n++] = t->sentinel_user ? 3 : 2;
     }
-    static const char *const sub[] = {"MASTER", "SENTINELS", "REPLICAS"};
-    for (int i = 0; i < (t->replica ? 3 : 2); i++) {
+    const char *sub[4] = {"MASTER", "GET-MASTER-ADDR-BY-NAME", sentinels ? "SENTINELS" : NULL,
+                          t->replica ? "REPLICAS" : NULL};
+    int *slot[4] = {&ix->master, &ix->addr, &ix->sentinels, &ix->replicas};
+    for (int i = 0; i < 4; i++) {
+        if (!sub[i])
+            continue;
+        *slot[i] = n;
         av[n][0] = "SENTINEL";
         av[n][1] = sub[i];
         av[n][2] = t->master_name;
         argc[n++] = 3;
     }
     return n;
+}
+
+/* The master's address from a lookup's replies, and its rank: twice its config epoch, plus
+ * one while a failover has promoted a replica that SENTINEL MASTER does not name yet (the
+ * next epoch will be higher still). 0, or -1 for an unusable answer. */
+static int master_answer(const redisReply *master, const redisReply *addr, char *out, size_t outlen,
+                         uint64_t *rank)
+{
+    const char *ep = field(master, "config-epoch");
+    long epoch = 0;
+    if (entry_addr(master, out, outlen) != 0 || !ep ||
+        leash__redis_parse_num(ep, strlen(ep), 0x7fffffffL, &epoch) != 0)
+        return -1;
+    *rank = 2 * (uint64_t)epoch;
+    if (addr && addr->type == REDIS_REPLY_ARRAY && addr->elements == 2 &&
+        addr->element[0]->type == REDIS_REPLY_STRING &&
+        addr->element[1]->type == REDIS_REPLY_STRING) {
+        long port = 0;
+        const char *ip = addr->element[0]->str, *ps = addr->element[1]->str;
+        char now[REDIS_ADDR_MAX];
+        if (strlen(ip) <= REDIS_HOST_MAX &&
+            leash__redis_parse_num(ps, strlen(ps), 65535, &port) == 0 && port > 0) {
+            leash__redis_addr(ip, (int)port, now, sizeof now);
+            if (strcmp(now, out) != 0) {
+                snprintf(out, outlen, "%s", now);
+                *rank += 1;
+            }
+        }
+    }
+    return 0;
 }
 
 /* Picks the next healthy replica (round robin) into out; -1 when there is none. */
@@ -330,21 +387,22 @@ static int ask(redis_ctx *ctx, const redis_target *t, const node_copy *s, char *
         note(why, whylen, "sentinel %s: %s", addr, err);
         return -1;
     }
-    const char *av[4][4];
-    int argc[4], iauth;
-    int n = lookup_commands(t, av, argc, &iauth);
-    const char *const *argv[4] = {av[0], av[1], av[2], av[3]};
-    redisReply *r[4] = {NULL, NULL, NULL, NULL};
+    const char *av[5][4];
+    int argc[5];
+    lookup_idx ix;
+    int n = lookup_commands(t, 1, 1, av, argc, &ix);
+    const char *const *argv[5] = {av[0], av[1], av[2], av[3], av[4]};
+    redisReply *r[5] = {NULL, NULL, NULL, NULL, NULL};
     int ret = -1;
     if (leash__redis_pipeline(rc, n, argc, argv, deadline, r) != IO_OK) {
         leash__redis_message(t, "", rc->errstr, err, sizeof err);
         note(why, whylen, "sentinel %s: %s", addr, err);
         goto out;
     }
-    redisReply *master = r[iauth + 1], *sentinels = r[iauth + 2];
-    redisReply *replicas = t->replica ? r[iauth + 3] : NULL;
-    if (iauth >= 0 && !leash__redis_is_status(r[iauth], "OK")) {
-        leash__redis_message(t, "AUTH failed: ", r[iauth]->str, err, sizeof err);
+    redisReply *master = r[ix.master];
+    redisReply *replicas = ix.replicas >= 0 ? r[ix.replicas] : NULL;
+    if (ix.auth >= 0 && !leash__redis_is_status(r[ix.auth], "OK")) {
+        leash__redis_message(t, "AUTH failed: ", r[ix.auth]->str, err, sizeof err);
         note(why, whylen, "sentinel %s: %s", addr, err);
         goto out;
     }
@@ -356,17 +414,15 @@ static int ask(redis_ctx *ctx, const redis_target *t, const node_copy *s, char *
         goto out;
     }
     char maddr[REDIS_ADDR_MAX], use[REDIS_ADDR_MAX], old[REDIS_ADDR_MAX] = "";
-    const char *ep = field(master, "config-epoch");
-    long epoch = 0;
-    if (entry_addr(master, maddr, sizeof maddr) != 0 || !ep ||
-        leash__redis_parse_num(ep, strlen(ep), 0x7fffffffL, &epoch) != 0) {
+    uint64_t rank = 0;
+    if (master_answer(master, r[ix.addr], maddr, sizeof maddr, &rank) != 0) {
         note(why, whylen, "sentinel %s: unexpected answer to SENTINEL MASTER", addr);
         goto out;
     }
     ret = 1;
     prefer(ctx, s->host, s->port);
-    learn(ctx, sentinels);
-    if (apply_master(ctx, maddr, (uint64_t)epoch, 0, use, sizeof use, old, sizeof old))
+    learn(ctx, r[ix.sentinels]);
+    if (apply_master(ctx, maddr, rank, 0, use, sizeof use, old, sizeof old))
         leash__sentinel_kick(ctx, old); /* the watcher retires connections to the old one */
     if (replicas) {
         char now[REDIS_REPLICAS_MAX][REDIS_ADDR_MAX], gone[REDIS_REPLICAS_MAX][REDIS_ADDR_MAX];
@@ -418,6 +474,8 @@ redisContext *leash__sentinel_connect(redis_ctx *ctx, const redis_target *t, cha
             if (rc) {
                 snprintf(peer, peerlen, "%s", addr);
             } else {
+                if (!t->replica && strstr(e, "its role is"))
+                    forget_master(ctx, addr); /* the rank rule must not keep it */
                 char m[240];
                 leash__redis_message(t, "", e, m, sizeof m);
                 note(why, sizeof why, "%s %s: %s", t->replica ? "replica" : "master", addr, m);
@@ -597,31 +655,28 @@ static int w_lookup(redis_watcher *w, redisContext *q)
 {
     const redis_target *t = w->t;
     redis_ctx *ctx = w->ctx;
-    const char *av[2][3] = {{"SENTINEL", "MASTER", t->master_name},
-                            {"SENTINEL", "REPLICAS", t->master_name}};
-    const char *const *argv[2] = {av[0], av[1]};
-    int argc[2] = {3, 3};
-    redisReply *r[2] = {NULL, NULL};
-    int n = t->replica ? 2 : 1;
+    const char *av[5][4];
+    int argc[5];
+    lookup_idx ix;
+    int n = lookup_commands(t, 0, 0, av, argc, &ix);
+    const char *const *argv[5] = {av[0], av[1], av[2], av[3], av[4]};
+    redisReply *r[5] = {NULL, NULL, NULL, NULL, NULL};
     int io = w_pipeline(w, q, n, argc, argv, leash__redis_deadline(t->connect_timeout_ms), r);
     if (io != IO_OK)
         return io;
     w->lookup_now = 0;
-    char maddr[REDIS_ADDR_MAX], use[REDIS_ADDR_MAX], old[1][REDIS_ADDR_MAX] = {""};
-    const char *ep = field(r[0], "config-epoch");
-    long epoch = 0;
-    if (entry_addr(r[0], maddr, sizeof maddr) == 0 && ep &&
-        leash__redis_parse_num(ep, strlen(ep), 0x7fffffffL, &epoch) == 0) {
-        int moved =
-            apply_master(ctx, maddr, (uint64_t)epoch, 0, use, sizeof use, old[0], sizeof old[0]);
+    char maddr[1][REDIS_ADDR_MAX], use[REDIS_ADDR_MAX], old[REDIS_ADDR_MAX] = "";
+    uint64_t rank = 0;
+    if (master_answer(r[ix.master], r[ix.addr], maddr[0], sizeof maddr[0], &rank) == 0) {
+        int moved = apply_master(ctx, maddr[0], rank, 0, use, sizeof use, old, sizeof old);
         if (moved && !t->replica)
             retire(w, 1, NULL, 0, "the sentinels name a new master");
         if (moved && t->replica)
-            retire(w, 0, &maddr, 1, "a replica was promoted");
+            retire(w, 0, maddr, 1, "a replica was promoted");
     }
-    if (t->replica && r[1]) {
+    if (ix.replicas >= 0) {
         char now[REDIS_REPLICAS_MAX][REDIS_ADDR_MAX], gone[REDIS_REPLICAS_MAX][REDIS_ADDR_MAX];
-        int ngone = apply_replicas(ctx, now, healthy_replicas(r[1], now), gone);
+        int ngone = apply_replicas(ctx, now, healthy_replicas(r[ix.replicas], now), gone);
         retire(w, 0, gone, ngone, "a replica is no longer healthy");
     }
     for (int i = 0; i < n; i++)

@@ -38,6 +38,10 @@ LEASH_EXPORT leash_pool *leash_redis_pool(const char *name, const char *url,
  * still be on its way; unread replies are dropped (counted dirty), unsent output destroys
  * the connection. Raw calls follow hiredis's rules (SIGPIPE included). */
 LEASH_EXPORT redisContext *leash_redis(leash_handle *h);
+/* The node h's connection is on: "host:port" (an IPv6 host in brackets) or the socket path;
+ * on a Sentinel pool the master's (or replica's) address as the sentinels gave it. NULL
+ * unless h is a held Redis handle. Borrowed; valid until release. */
+LEASH_EXPORT const char *leash_redis_peer(leash_handle *h);
 /* printf-style command like redisCommand on h's connection. Returns the reply (the
  * caller frees it: freeReplyObject, or LEASH_REPLY), or NULL: LEASH_EINVAL for a bad
  * handle or format, LEASH_EIO for a connection failure and LEASH_ETIMEDOUT for a timeout
