@@ -1220,25 +1220,37 @@ static int render(struct out *o_, leash_format fmt)
 
 /* ---- leak reports ---- */
 
-static void handle_line(struct out *o, struct leash_pool *p, struct leash_handle *s, uint64_t now,
-                        const char *why)
+/* One line for the borrow s holds (word w, read before): skipped (0) if the slot was
+ * returned or lent again while its record was read, so a line never mixes two borrows. */
+static int handle_line(struct out *o, struct leash_pool *p, struct leash_handle *s, uint64_t w,
+                       uint64_t now, const char *why)
 {
     uint64_t since = atomic_load_explicit(&s->since, memory_order_relaxed);
+    const char *file = atomic_load_explicit(&s->file, memory_order_relaxed);
+    const char *func = atomic_load_explicit(&s->func, memory_order_relaxed);
+    int line = atomic_load_explicit(&s->line, memory_order_relaxed);
+    int tid = atomic_load_explicit(&s->tid, memory_order_relaxed);
+    /* acquire fence: the reads above happen before the re-read of the word (a sequence
+     * check: the borrow number moves on at every lend) */
+    atomic_thread_fence(memory_order_acquire);
+    if (atomic_load_explicit(&s->word, memory_order_relaxed) != w)
+        return 0;
     o_str(o, "leash: pool \"");
     o_str(o, p->name);
     o_str(o, "\": handle ");
     o_str(o, why);
     o_str(o, ": borrowed at ");
-    o_str(o, atomic_load_explicit(&s->file, memory_order_relaxed));
+    o_str(o, file);
     o_str(o, ":");
-    o_i64(o, atomic_load_explicit(&s->line, memory_order_relaxed));
+    o_i64(o, line);
     o_str(o, " in ");
-    o_str(o, atomic_load_explicit(&s->func, memory_order_relaxed));
+    o_str(o, func);
     o_str(o, "() by thread ");
-    o_i64(o, atomic_load_explicit(&s->tid, memory_order_relaxed));
+    o_i64(o, tid);
     o_str(o, ", held for ");
     o_dur(o, leash__clock_ns(since, now));
     o_str(o, "\n");
+    return 1;
 }
 
 static struct out out_fd(int fd)
@@ -1260,11 +1272,10 @@ int leash__report_held(int fd, struct leash_pool *p, const char *why)
     int n = 0;
     FOR_EACH_SLOT(p, s)
     {
-        int st = slot_state(s);
-        if (st != SLOT_HELD && st != SLOT_ORPHANED)
+        uint64_t w = slot_word(s);
+        if (w_state(w) != SLOT_HELD && w_state(w) != SLOT_ORPHANED)
             continue;
-        handle_line(&o, p, s, now, why);
-        n++;
+        n += handle_line(&o, p, s, w, now, why);
     }
     o_flush(&o);
     return n;
@@ -1292,10 +1303,10 @@ int leash_check_leaks(int fd)
     {
         FOR_EACH_SLOT(p, s)
         {
-            if (slot_state(s) != SLOT_HELD)
+            uint64_t w = slot_word(s);
+            if (w_state(w) != SLOT_HELD)
                 continue;
-            handle_line(&o, p, s, now, "still held");
-            n++;
+            n += handle_line(&o, p, s, w, now, "still held");
         }
     }
     atomic_fetch_sub(&leash__dumping, 1);
