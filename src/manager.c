@@ -1,6 +1,7 @@
 /* The process-wide manager: initialisation, configuration, the pool registry, the
  * maintenance thread, the stats signal, fork handling and shutdown. */
 #include "core.h"
+#include "shm.h" /* the stats page and the metrics file */
 
 #include <errno.h>
 #include <sched.h>
@@ -196,6 +197,7 @@ void leash__after_fork(void)
         for (struct leash_pool *p = atomic_load(&leash__pools); p; p = atomic_load(&p->next_all))
             if (atomic_load(&p->fork_gen) != gen)
                 leash__pool_fixup_child(p);
+        leash__shm_after_fork(); /* the parent's page is not this child's */
         if (atomic_load(&g.ready) && atomic_load(&leash__pools))
             maint_start_locked();
     }
@@ -228,6 +230,7 @@ static void *maint_main(void *arg)
                  p = atomic_load(&p->next_all))
                 leash__pool_maintain(p, now);
         }
+        leash__shm_refresh(now); /* the stats page and the metrics file, when due */
         pthread_mutex_lock(&g.maint_lock);
         if (g.maint_stop || g.maint_kick)
             continue;
@@ -386,6 +389,7 @@ static leash_status init_locked(const leash_config *cfg)
     pthread_condattr_destroy(&ca);
     g.fixed_gen = atomic_load(&leash__fork_gen);
     atomic_store(&leash__tick, leash__coarse_ns());
+    leash__shm_start();
     atomic_store(&g.ready, 1);
     return LEASH_OK;
 }
@@ -484,6 +488,7 @@ void leash_shutdown(void)
     }
     pthread_mutex_unlock(&g.lock);
     maint_stop();
+    leash__shm_stop(); /* the page goes before the pools it shows */
     /* Close every pool (reports what is still borrowed); without the lock, since close
      * takes it. Nothing else may run leash now (the documented contract). */
     for (struct leash_pool *p = atomic_load(&leash__pools); p; p = atomic_load(&p->next_all))
