@@ -7,6 +7,7 @@ pkgs=(
   libcmocka-dev libhiredis-dev libpq-dev libcurl4-openssl-dev
   redis-server postgresql pgbouncer nginx-light openssl curl procps iproute2
   libaprutil1-dev prometheus valgrind clang libclang-rt-14-dev
+  nodejs npm
 )
 missing=()
 for p in "${pkgs[@]}"; do
