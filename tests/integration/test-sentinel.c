@@ -598,6 +598,41 @@ static void test_sentinel_replica_pool(void **state)
     assert_balanced(p);
 }
 
+/* A master demoted behind the sentinels' back (REPLICAOF on it: no +switch-master, no event
+ * for the pool): its idle connections are not lent again, since validation checks ROLE, and
+ * a new connection to it is refused by the ROLE check at connect (the sentinels still name
+ * it). No borrow ever reaches it as a writable master. */
+static void test_sentinel_demoted_without_event(void **state)
+{
+    leash_pool_options o = {.max_size = 2, .acquire_timeout_ms = 1000, .validate_idle_ms = 50};
+    leash_pool *p = leash_redis_pool("ha-demoted", SURL, &o);
+    assert_non_null(p);
+    leash_handle *a = take(p), *b = take(p);
+    leash_release(&a);
+    leash_release(&b);
+    redisContext *m = node(SRV_SENTINEL_MASTER_PORT, SRV_SENTINEL_DATA_PASSWORD);
+    redisReply *r = redisCommand(m, "REPLICAOF 127.0.0.1 %d", SRV_SENTINEL_REPLICA_PORT);
+    assert_non_null(r);
+    freeReplyObject(r);
+    redisFree(m);
+    sleep_ms(150);
+    for (int i = 0; i < 4; i++) {
+        leash_handle *h = leash_acquire(p);
+        if (!h) {
+            assert_int_equal(leash_last_status(), LEASH_ECONNECT);
+            assert_non_null(strstr(leash_last_error(), "role is slave"));
+            continue;
+        }
+        char role[16];
+        assert_string_equal(role_of(h, role, sizeof role), "master");
+        leash_release(&h);
+    }
+    leash_pool_stats s = stats(p);
+    assert_int_equal(s.destroyed_invalid + s.destroyed_evicted, 2);
+    assert_true(s.destroyed_invalid >= 1);
+    assert_balanced(p);
+}
+
 /* ---- fork and shutdown ---- */
 
 static leash_pool *fork_pool;
@@ -680,6 +715,7 @@ int main(void)
         cmocka_unit_test_teardown(test_sentinel_failover_under_load, teardown),
         cmocka_unit_test_teardown(test_sentinel_replica_pool, teardown),
         cmocka_unit_test_teardown(test_sentinel_fork, teardown),
+        cmocka_unit_test_teardown(test_sentinel_demoted_without_event, teardown),
         cmocka_unit_test_teardown(test_sentinel_master_killed, teardown),
     };
     return cmocka_run_group_tests_name("sentinel", tests, group_setup, NULL);
