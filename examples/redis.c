@@ -1,5 +1,8 @@
 /* Example: a pool of Redis connections with leash (hiredis underneath).
- * Usage: example-redis [redis://[[user]:password@]host[:port][/db]] */
+ * Usage: example-redis [URL]
+ *   redis://[[user]:password@]host[:port][/db]
+ *   redis-sentinel://:password@host1:26379,host2:26379/0?sentinel_password=...#mymaster
+ * (with Sentinel the pool follows the master through a failover: the same code works). */
 #include <leash/redis.h>
 
 #include <stdio.h>
@@ -19,6 +22,7 @@ static long long count_visit(leash_pool *pool, const char *page)
         return -1;
     }
     LEASH_REPLY redisReply *ttl = leash_redis_command(h, "EXPIRE example:visits:%s 60", page);
+    printf("(served by %s)\n", leash_redis_peer(h)); /* with Sentinel: the current master */
     return ttl ? n->integer : -1;
 }
 
