@@ -126,12 +126,32 @@ static void peer_of(PGconn *conn, char *out, size_t outlen)
         snprintf(out, outlen, "%s:%s", host, port);
 }
 
-/* target_session_attrs for the attempts that made or re-make c. */
-static const char *attempt_tsa(const pg_target *t, int fallback)
+static pg_tsa effective_tsa(const pg_target *t, int fallback);
+static int role_fits(PGconn *conn, pg_tsa tsa, uint64_t deadline);
+
+/* Connects to t's host i for one pass. libpq checks target_session_attrs itself, from what
+ * the server reported at login where it can; behind a pooler such as pgbouncer that report
+ * may be stale (it keeps what its own server connection was told), so leash asks once more
+ * with a query before it trusts the connection. NULL with a message in err. */
+static PGconn *connect_fit(const pg_target *t, int i, int fallback, char *err, size_t errlen)
 {
-    if (t->tsa == PG_TSA_PREFER_STANDBY)
-        return fallback ? "any" : "standby";
-    return pg__tsa_name(t->tsa);
+    pg_tsa tsa = effective_tsa(t, fallback);
+    PGconn *conn = pg__connect_host(t, i, pg__tsa_name(tsa), err, errlen);
+    if (!conn || tsa == PG_TSA_ANY)
+        return conn;
+    uint64_t deadline = leash__now_ns() + (uint64_t)t->connect_timeout_ms * 1000000ull;
+    int r = role_fits(conn, tsa, deadline);
+    if (r > 0)
+        return conn;
+    if (r == 0)
+        snprintf(err, errlen,
+                 "connection to server at \"%s\", port %s failed: not %s when asked after "
+                 "login",
+                 PQhost(conn), PQport(conn), pg__tsa_name(tsa));
+    else
+        pg__shown(t->password, PQerrorMessage(conn), 1, err, errlen);
+    PQfinish(conn);
+    return NULL;
 }
 
 /* Wraps a new PGconn; takes t's reference. NULL with a message in err on failure. */
@@ -182,7 +202,7 @@ static void *pg_connect(void *arg, const char *target, char *err, size_t errlen)
     for (int pass = 0; pass < passes; pass++) {
         for (int i = 0; i < t->nhosts; i++) {
             char e[PG_MSG_MAX];
-            PGconn *conn = pg__connect_host(t, i, attempt_tsa(t, pass), e, sizeof e);
+            PGconn *conn = connect_fit(t, i, pass == 1, e, sizeof e);
             if (conn)
                 return made(ctx, t, conn, i, pass == 1, err, errlen);
             if (used + 1 < errlen) {
@@ -199,8 +219,7 @@ static void *pg_connect(void *arg, const char *target, char *err, size_t errlen)
  * in err (c->conn is then the failed connection: destroy c). */
 static int reconnect(pg_conn *c, char *err, size_t errlen)
 {
-    PGconn *conn =
-        pg__connect_host(c->target, c->host, attempt_tsa(c->target, c->fallback), err, errlen);
+    PGconn *conn = connect_fit(c->target, c->host, c->fallback, err, errlen);
     if (!conn)
         return -1;
     PQfinish(c->conn);
@@ -237,33 +256,29 @@ static int reported_misfit(const pg_conn *c)
     return 0;
 }
 
-/* Asks the server (libpq's own questions): 1 fits, 0 does not, -1 no answer. For "any", an
- * empty query. */
-static int asked_fits(pg_conn *c, uint64_t deadline)
+/* The target_session_attrs a connection made in this pass must keep: prefer-standby is
+ * standby in its first pass and any in its fallback. */
+static pg_tsa effective_tsa(const pg_target *t, int fallback)
 {
-    pg_tsa tsa = c->target->tsa;
+    if (t->tsa == PG_TSA_PREFER_STANDBY)
+        return fallback ? PG_TSA_ANY : PG_TSA_STANDBY;
+    return t->tsa;
+}
+
+/* Asks the server libpq's own questions for tsa (never PG_TSA_PREFER_STANDBY): 1 fits, 0 does
+ * not, -1 no answer. For "any", an empty query. */
+static int role_fits(PGconn *conn, pg_tsa tsa, uint64_t deadline)
+{
     if (tsa == PG_TSA_ANY)
-        return pg__run(c->conn, "", deadline) == 0 ? 1 : -1;
+        return pg__run(conn, "", deadline) == 0 ? 1 : -1;
     const char *q = tsa == PG_TSA_READ_WRITE || tsa == PG_TSA_READ_ONLY
                         ? "SHOW transaction_read_only"
                         : "SELECT pg_is_in_recovery()";
     char v[16];
-    if (pg__ask(c->conn, q, deadline, v, sizeof v) != 0)
+    if (pg__ask(conn, q, deadline, v, sizeof v) != 0)
         return -1;
     int yes = strcmp(v, "on") == 0 || strcmp(v, "t") == 0; /* read-only / in recovery */
-    switch (tsa) {
-    case PG_TSA_READ_WRITE:
-    case PG_TSA_PRIMARY:
-        return !yes;
-    case PG_TSA_READ_ONLY:
-    case PG_TSA_STANDBY:
-        return yes;
-    case PG_TSA_PREFER_STANDBY:
-        return yes || c->fallback;
-    case PG_TSA_ANY:
-        break;
-    }
-    return 1;
+    return tsa == PG_TSA_READ_WRITE || tsa == PG_TSA_PRIMARY ? !yes : yes;
 }
 
 enum { FITS = 0, DEAD = -1, MISFIT = -2 };
@@ -278,7 +293,8 @@ static int check(pg_conn *c)
         return DEAD;
     if (c->doomed)
         return DEAD;
-    int r = asked_fits(c, leash__now_ns() + PG_VALIDATE_NS);
+    int r =
+        role_fits(c->conn, effective_tsa(c->target, c->fallback), leash__now_ns() + PG_VALIDATE_NS);
     if (r < 0 || c->doomed)
         return DEAD;
     return r ? FITS : MISFIT;
@@ -363,8 +379,14 @@ static int pg_reset(void *arg, void *conn)
     int dirty = 0;
     c->fresh = 1;
     c->released_ns = leash__coarse_ns();
-    if (LEASH_UNLIKELY(PQstatus(c->conn) != CONNECTION_OK || c->doomed || c->misfit))
+    if (LEASH_UNLIKELY(PQstatus(c->conn) != CONNECTION_OK || c->doomed || c->misfit)) {
+        /* Dead (a raw borrower met it), or going away: the other idle ones to the same
+         * server are checked before they are lent. */
+        leash_pool *pool = ctx ? atomic_load(&ctx->pool) : NULL;
+        if (pool && !c->misfit)
+            leash_pool_check_peer(pool, c->peer);
         return LEASH_RESET_BROKEN;
+    }
     if (LEASH_UNLIKELY(c->raw)) {
         c->raw = 0;
         int r = reset_raw(c, &dirty);

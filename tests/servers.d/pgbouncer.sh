@@ -1,8 +1,10 @@
 # pgbouncer for the pg adapter's tests: Debian's pgbouncer (1.18) on 127.0.0.1:16432 in
 # transaction pooling mode, in front of the test PostgreSQL on 127.0.0.1:15432 (tests/servers.d/
-# pg.sh). Clients log in as role leash / leash-pg-pw (scram-sha-256, plain text in the auth file
-# so pgbouncer can answer the server's SCRAM too). Its config, pid and log live in
-# $LEASH_SERVERS_DIR/pgbouncer; it runs as the postgres user (pgbouncer refuses root).
+# pg.sh) as database leash, and of node a of the replicated pair (tests/servers.d/pgha.sh,
+# 127.0.0.1:15533) as database leash_ha. Clients log in as role leash / leash-pg-pw
+# (scram-sha-256, plain text in the auth file so pgbouncer can answer the server's SCRAM too).
+# Its config, pid and log live in $LEASH_SERVERS_DIR/pgbouncer; it runs as the postgres user
+# (pgbouncer refuses root). A running pgbouncer whose config changed is reloaded by "start".
 # Sourced by tests/servers.sh, which runs with `set -euo pipefail`.
 
 pgbouncer_port=16432
@@ -25,11 +27,13 @@ pgbouncer_as() {
   fi
 }
 
+# Writes the config to $1/pgbouncer.ini; returns 1 when it changed.
 pgbouncer_config() {
   local d=$1
-  cat >"$d/pgbouncer.ini" <<EOF
+  cat >"$d/pgbouncer.ini.new" <<EOF
 [databases]
 leash = host=127.0.0.1 port=15432 dbname=leash
+leash_ha = host=127.0.0.1 port=15533 dbname=leash
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -47,17 +51,24 @@ server_reset_query =
 EOF
   printf '"leash" "leash-pg-pw"\n' >"$d/userlist.txt"
   chmod 600 "$d/userlist.txt"
+  local changed=0
+  cmp -s "$d/pgbouncer.ini.new" "$d/pgbouncer.ini" || changed=1
+  mv "$d/pgbouncer.ini.new" "$d/pgbouncer.ini"
   if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$d/pgbouncer.ini" "$d/userlist.txt"; fi
+  return $changed
 }
 
 pgbouncer_start() {
   local d i
   d=$(pgbouncer_dir)
-  pgbouncer_status && return 0
+  if pgbouncer_status; then
+    pgbouncer_config "$d" || kill -HUP "$(pgbouncer_pid)" # SIGHUP: reload the config
+    return 0
+  fi
   mkdir -p "$d"
   chmod 755 "$d"
   [ "$(id -u)" = 0 ] && chown postgres:postgres "$d"
-  pgbouncer_config "$d"
+  pgbouncer_config "$d" || true
   rm -f "$d/pgbouncer.pid"
   if ! pgbouncer_as /usr/sbin/pgbouncer -d -q "$d/pgbouncer.ini" >/dev/null 2>&1; then
     echo "pgbouncer: failed to start" >&2
