@@ -23,7 +23,9 @@ LEASH_EXPORT extern const leash_adapter leash_redis_adapter;
  * for the data nodes), role=master (default) or role=replica (read-only connections, round
  * robin over the replicas the sentinels list as healthy). Connections go to the node the
  * sentinels name, checked with ROLE before they are lent; a watcher thread retires them
- * when the master moves (+switch-master), so none is lent to a demoted master.
+ * when the master moves (+switch-master), so none is lent to a demoted master. A
+ * redis-sentinel:// target needs this function (leash_pool_open with leash_redis_adapter
+ * refuses it at connect: the watcher lives in the pool's adapter context).
  * Passwords (user info and option values) are percent-decoded (%40 for '@'). A raw
  * '/', '#', '@', ':', '[' or ']' in the user info's password is taken whole; a raw '?' too in
  * redis:// (refused in redis-sentinel://, whose options may hold an '@'); a '%' must start

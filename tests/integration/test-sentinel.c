@@ -308,6 +308,15 @@ static void test_sentinel_unreachable(void **state)
         leash_pool_close(p);
     }
     assert_null(strstr(log_text, "Wr0ng"));
+    /* the adapter table used directly has no context for the watcher: refused, and says why */
+    leash_pool *direct = leash_pool_open("direct", &leash_redis_adapter, SURL, NULL);
+    assert_non_null(direct);
+    assert_null(leash_acquire(direct));
+    assert_int_equal(leash_last_status(), LEASH_ECONNECT);
+    assert_non_null(strstr(leash_last_error(), "needs leash_redis_pool"));
+    assert_null(strstr(leash_last_error(), SRV_SENTINEL_PASSWORD));
+    assert_null(strstr(leash_pool_target(direct), SRV_SENTINEL_DATA_PASSWORD));
+    leash_pool_close(direct);
 
     /* a dead first sentinel: no cost */
     leash_pool *p = spool("first-dead",
