@@ -50,7 +50,7 @@ static struct {
     int stopped; /* shut down: refreshes do nothing until the next start */
     int failed;  /* the page could not be made: not tried again until the next start */
     int fd;
-    unsigned char *map;
+    void *map; /* page-aligned (mmap) */
     size_t map_size;
     char tmp[96]; /* the page's name until it is complete (then renamed to path) */
     char path[64];
@@ -254,7 +254,7 @@ static int page_make(size_t need)
     }
     S.map = map;
     S.map_size = size;
-    struct leash_shm_header *h = (struct leash_shm_header *)S.map;
+    struct leash_shm_header *h = S.map;
     memcpy(h->magic, LEASH_SHM_MAGIC, LEASH_SHM_MAGIC_LEN);
     h->version = LEASH_SHM_VERSION;
     h->header_size = sizeof *h;
@@ -297,7 +297,7 @@ static int page_grow(size_t need)
  * S.lock held, S.map set. */
 static void page_write(uint32_t pools, uint32_t held, uint64_t oldest)
 {
-    struct leash_shm_header *h = (struct leash_shm_header *)S.map;
+    struct leash_shm_header *h = S.map;
     uint64_t seq = S.seq;
     __atomic_store_n(&h->seq, seq + 1, __ATOMIC_RELAXED);
     /* the odd seq is visible before any of the writes below (pairs with a reader's second
@@ -312,7 +312,7 @@ static void page_write(uint32_t pools, uint32_t held, uint64_t oldest)
             n = S.map_size - off;
             cut |= LEASH_SHM_F_CUT << i;
         }
-        memcpy(S.map + off, S.buf[i], n);
+        memcpy((char *)S.map + off, S.buf[i], n);
         h->section[i].off = off;
         h->section[i].len = n;
         off += n;

@@ -648,7 +648,7 @@ static void put_page(pid_t pid, const void *b, size_t n)
 static size_t make_page(unsigned char *b, size_t cap, pid_t pid, const char *text)
 {
     memset(b, 0, cap);
-    struct leash_shm_header *h = (struct leash_shm_header *)b;
+    struct leash_shm_header *h = (void *)b; /* b is aligned for it */
     memcpy(h->magic, LEASH_SHM_MAGIC, LEASH_SHM_MAGIC_LEN);
     h->version = LEASH_SHM_VERSION;
     h->header_size = sizeof *h;
@@ -683,9 +683,9 @@ static void test_stat_refuses_corrupt_pages(void **state)
     }
     char arg[16];
     snprintf(arg, sizeof arg, "%d", (int)pid);
-    static unsigned char b[8192];
+    static _Alignas(8) unsigned char b[8192];
     const char *text = "=== leash stats: pid 1, 0 pools, 0 handles held ===\n";
-    struct leash_shm_header *h = (struct leash_shm_header *)b;
+    struct leash_shm_header *h = (void *)b; /* b is aligned for it */
     struct {
         const char *name, *why;
     } cases[] = {
@@ -764,7 +764,7 @@ static void test_stat_refuses_corrupt_pages(void **state)
 static void test_parse_every_prefix_and_byte(void **state)
 {
     (void)state;
-    static unsigned char b[1024], m[1024];
+    static _Alignas(8) unsigned char b[1024], m[1024];
     size_t n = make_page(b, sizeof b, 4242, "pool \"x\"\n");
     struct leash_page pg;
     char why[256];
