@@ -642,6 +642,42 @@ static void test_sentinel_demoted_without_event(void **state)
     assert_balanced(p);
 }
 
+/* -READONLY on a Sentinel pool: a borrower holds a connection to the master while it is
+ * demoted behind the sentinels' back; its write gets -READONLY (returned to the caller), its
+ * handle is retired at release, and the pool's idle connection to that node is retired at
+ * once (the watcher, kicked), long before any validation would look at it. */
+static void test_sentinel_readonly_kick(void **state)
+{
+    capture_start();
+    leash_pool_options o = {.max_size = 2, .acquire_timeout_ms = 1000, .validate_idle_ms = 60000};
+    leash_pool *p = leash_redis_pool("ha-readonly", SURL, &o);
+    assert_non_null(p);
+    leash_handle *a = take(p), *h = take(p);
+    leash_release(&a); /* idle, to the master */
+    redisContext *m = node(SRV_SENTINEL_MASTER_PORT, SRV_SENTINEL_DATA_PASSWORD);
+    redisReply *r = redisCommand(m, "REPLICAOF 127.0.0.1 %d", SRV_SENTINEL_REPLICA_PORT);
+    assert_non_null(r);
+    freeReplyObject(r);
+    redisFree(m);
+    LEASH_REPLY redisReply *w = leash_redis_command(h, "SET leash:ha:ro %s", "x");
+    assert_non_null(w);
+    assert_int_equal(w->type, REDIS_REPLY_ERROR);
+    assert_non_null(strstr(w->str, "READONLY"));
+    double t0 = now_s();
+    while (stats(p).idle > 0 && now_s() - t0 < 2.0)
+        sleep_ms(5);
+    if (stats(p).idle > 0)
+        fail_msg("the idle connection to the demoted master is still in the pool");
+    assert_true(now_s() - t0 < 0.5);
+    leash_release(&h);
+    leash_pool_stats s = stats(p);
+    assert_int_equal(s.destroyed_evicted + s.destroyed_broken, 2);
+    assert_int_equal(s.dirty_returns, 0);
+    assert_non_null(strstr(log_text, "READONLY"));
+    assert_non_null(strstr(log_text, "\"ha-readonly\""));
+    assert_balanced(p);
+}
+
 /* ---- fork and shutdown ---- */
 
 static leash_pool *fork_pool;
@@ -725,6 +761,7 @@ int main(void)
         cmocka_unit_test_teardown(test_sentinel_replica_pool, teardown),
         cmocka_unit_test_teardown(test_sentinel_fork, teardown),
         cmocka_unit_test_teardown(test_sentinel_demoted_without_event, teardown),
+        cmocka_unit_test_teardown(test_sentinel_readonly_kick, teardown),
         cmocka_unit_test_teardown(test_sentinel_master_killed, teardown),
     };
     return cmocka_run_group_tests_name("sentinel", tests, group_setup, NULL);
