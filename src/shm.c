@@ -1,6 +1,7 @@
 /* The stats page on /dev/shm/leash.<pid> and the metrics file, both written by leash's own
  * maintenance thread (the page's format: shm.h; its reader: tools/leash-stat). */
 #include "shm.h"
+#include "clock.h"
 #include "core.h"
 
 #include <errno.h>
@@ -392,31 +393,32 @@ static void render(int i)
     }
 }
 
-/* The longest hold among the held handles, from the JSON dump's "oldest_ms" (an age per
- * borrow site), so that the header agrees with the dumps whatever clock the pools use. */
-static uint64_t oldest_from_json(const char *json, size_t len)
+/* Pools, handles held and the longest hold now, for the header (the list leash-stat prints
+ * without parsing any dump). Reads the slots as the dumps do, without a lock: a held slot's
+ * borrow record counts only if the slot word did not move while it was read. */
+static void summary(uint32_t *pools, uint32_t *held, uint64_t *oldest)
 {
-    static const char key[] = "\"oldest_ms\":";
-    uint64_t best = 0;
-    const char *end = json + len;
-    for (const char *at = json; (at = memmem(at, (size_t)(end - at), key, sizeof key - 1));) {
-        at += sizeof key - 1;
-        uint64_t v = 0;
-        for (; at < end && *at >= '0' && *at <= '9'; at++)
-            v = v * 10 + (uint64_t)(*at - '0');
-        if (v > best)
-            best = v;
-    }
-    return best * 1000000u;
-}
-
-/* Pools and handles held, as the text dump counts them. */
-static void count_pools(uint32_t *pools, uint32_t *held)
-{
+    uint64_t now = leash__clock_raw();
     *pools = *held = 0;
+    *oldest = 0;
     for (struct leash_pool *p = atomic_load(&leash__pools); p; p = atomic_load(&p->next_all)) {
         (*pools)++;
-        *held += leash__pool_in_use(p);
+        FOR_EACH_SLOT(p, s)
+        {
+            uint64_t w = slot_word(s);
+            if (w_state(w) != SLOT_HELD)
+                continue;
+            uint64_t since = atomic_load_explicit(&s->since, memory_order_relaxed);
+            /* the read of since comes before the re-read of the word (acquire fence; the
+             * lender publishes since before the word, as in stats.c's group_sites) */
+            atomic_thread_fence(memory_order_acquire);
+            if (atomic_load_explicit(&s->word, memory_order_relaxed) != w)
+                continue;
+            (*held)++;
+            uint64_t age = leash__clock_ns(since, now);
+            if (age > *oldest)
+                *oldest = age;
+        }
     }
 }
 
@@ -518,8 +520,9 @@ static void refresh_page(void)
     for (int i = 0; i < LEASH_SHM_SECTIONS; i++)
         render(i);
     uint32_t pools, held;
-    count_pools(&pools, &held);
-    page_publish(pools, held, oldest_from_json(S.buf[LEASH_SHM_JSON], S.len[LEASH_SHM_JSON]));
+    uint64_t oldest;
+    summary(&pools, &held, &oldest);
+    page_publish(pools, held, oldest);
 }
 
 /* 1 if a task with deadline *due is due at now; moves the deadline on. first: the delay

@@ -490,7 +490,8 @@ static void test_page_while_threads_hammer(void **state)
 
 /* ---- size ---- */
 
-/* 10 pools with 100 handles held each (1,000) fit the page whole; the header counts them;
+/* 10 pools with 100 handles held each (1,000) fit the page whole; the header counts them
+ * and has the longest hold;
  * a section far larger than the page grows it, and a reader gets it back byte for byte.
  * Bad input: more than the page holds. */
 static void test_large_page(void **state)
@@ -507,11 +508,14 @@ static void test_large_page(void **state)
         for (int j = 0; j < 100; j++)
             h[i][j] = take(p[i]);
     }
+    sleep_ms(30);
     assert_true(leash__shm_refresh_now() > 0);
     void *copy;
     struct leash_page pg = read_own(&copy);
     assert_int_equal(pg.h.pools, 10);
     assert_int_equal(pg.h.held, 1000);
+    /* the oldest was taken before the 30 ms pause, on the exact clock */
+    assert_true(pg.h.oldest_hold_ns >= 30000000ull && pg.h.oldest_hold_ns < 10000000000ull);
     assert_int_equal(pg.h.flags, 0);
     char *text = section(&pg, LEASH_SHM_TEXT);
     assert_non_null(strstr(text, "pool \"big9\""));
