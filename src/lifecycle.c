@@ -295,8 +295,9 @@ void leash_pool_close(leash_pool *p)
             uint64_t held = leash__clock_ns(ld(&s->since), now);
             atomic_fetch_add_explicit(&s->hold_ns_total, held, memory_order_relaxed);
             count_max(&s->hold_ns_max, held);
-            atomic_fetch_add_explicit(&s->hist_hold[leash__hist_bucket(held)], 1,
-                                      memory_order_relaxed);
+            int hb = leash__hist_bucket(held);
+            if (hb != 0) /* bucket 0 is derived */
+                atomic_fetch_add_explicit(&s->hist_hold[hb], 1, memory_order_relaxed);
             count(&p->leaks_at_close);
             leash__count_problem(p, atomic_load_explicit(&s->file, memory_order_relaxed),
                                  atomic_load_explicit(&s->line, memory_order_relaxed),

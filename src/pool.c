@@ -59,14 +59,23 @@ static inline __attribute__((always_inline)) leash_handle *lend(struct leash_poo
         atomic_store_explicit(&s->acc_site, site, memory_order_relaxed);
     }
     own_inc(&s->acc_acquired, 1);
-    own_inc(&s->hist_wait[leash__hist_bucket(wait_ns)], 1);
+    /* Bucket 0 is not counted: it is every borrow no other bucket has (the dumps derive it),
+     * so the common borrow that waited not at all writes nothing here. */
+    int wb = leash__hist_bucket(wait_ns);
+    if (LEASH_UNLIKELY(wb != 0))
+        own_inc(&s->hist_wait[wb], 1);
     if (wait_ns) {
         own_inc(&s->acc_wait_total, wait_ns);
         own_max(&s->acc_wait_max, wait_ns);
         own_inc(&s->wait_ns_total, wait_ns);
         own_max(&s->wait_ns_max, wait_ns);
     }
-    atomic_store_explicit(&s->site, site, memory_order_relaxed);
+    uint32_t cur = atomic_load_explicit(&s->site, memory_order_relaxed);
+    if (LEASH_UNLIKELY(cur != site)) {
+        /* The previous borrow's site, for misuse reports (unchanged while it is the same). */
+        atomic_store_explicit(&s->prev_site, cur, memory_order_relaxed);
+        atomic_store_explicit(&s->site, site, memory_order_relaxed);
+    }
     atomic_store_explicit(&s->file, file, memory_order_relaxed);
     atomic_store_explicit(&s->func, func, memory_order_relaxed);
     atomic_store_explicit(&s->line, line, memory_order_relaxed);
@@ -503,14 +512,14 @@ static inline __attribute__((always_inline)) void give_back(struct leash_pool *p
     uint64_t held = leash__clock_ns(ld(&s->since), leash__clock_raw());
     own_inc(&s->hold_ns_total, held);
     own_max(&s->hold_ns_max, held);
-    own_inc(&s->hist_hold[leash__hist_bucket(held)], 1);
+    int bucket = leash__hist_bucket(held);
+    if (LEASH_UNLIKELY(bucket != 0)) /* bucket 0 derived, as for waits */
+        own_inc(&s->hist_hold[bucket], 1);
     own_inc(&s->acc_hold_total, held);
     own_max(&s->acc_hold_max, held);
     uint64_t borrow = w_borrow(atomic_load_explicit(&s->word, memory_order_relaxed));
     if (LEASH_UNLIKELY(ld(&s->suspected) == borrow))
         count(&p->returned_late);
-    atomic_store_explicit(&s->prev_site, atomic_load_explicit(&s->site, memory_order_relaxed),
-                          memory_order_relaxed);
 
     if (how == END_DISCARD) {
         count(&p->discarded);
@@ -537,7 +546,6 @@ static inline __attribute__((always_inline)) void give_back(struct leash_pool *p
     if (LEASH_UNLIKELY(retire || atomic_load_explicit(&s->broken, memory_order_relaxed) ||
                        s->conn_gen !=
                            atomic_load_explicit(&leash__fork_gen, memory_order_relaxed) ||
-                       ld(&s->conn_epoch) != ld(&p->evict_epoch) ||
                        atomic_load_explicit(&p->closed, memory_order_relaxed) ||
                        atomic_load_explicit(&p->size, memory_order_relaxed) >
                            atomic_load_explicit(&p->nslots, memory_order_relaxed))) {

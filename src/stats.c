@@ -919,6 +919,16 @@ static void prom_hist(struct out *o, struct leash_pool *p, const char *name,
     o_str(o, "\n");
 }
 
+/* Bucket 0 is not counted on the fast path: it holds every observation the other buckets do
+ * not (all of them, counted elsewhere). A snapshot of a busy pool may be a moment apart. */
+static void derive_first(uint64_t *b, uint64_t all)
+{
+    uint64_t rest = 0;
+    for (int k = 1; k <= LEASH_HIST_BUCKETS; k++)
+        rest += b[k];
+    b[0] = all > rest ? all - rest : 0;
+}
+
 static void prom_histograms(struct out *o)
 {
     prom_head(o, "leash_acquire_wait_seconds",
@@ -927,13 +937,15 @@ static void prom_histograms(struct out *o)
               "histogram");
     FOR_EACH_OPEN_POOL(p)
     {
-        uint64_t b[LEASH_HIST_BUCKETS + 1] = {0}, sum = 0;
+        uint64_t b[LEASH_HIST_BUCKETS + 1] = {0}, sum = 0, all = 0;
         FOR_EACH_SLOT(p, s)
         {
-            for (int k = 0; k <= LEASH_HIST_BUCKETS; k++)
+            for (int k = 1; k <= LEASH_HIST_BUCKETS; k++)
                 b[k] += ld(&s->hist_wait[k]);
             sum += ld(&s->wait_ns_total);
+            all += w_borrow(atomic_load_explicit(&s->word, memory_order_relaxed));
         }
+        derive_first(b, all);
         prom_hist(o, p, "leash_acquire_wait_seconds", b, sum);
     }
     prom_head(o, "leash_hold_seconds",
@@ -945,10 +957,13 @@ static void prom_histograms(struct out *o)
         uint64_t b[LEASH_HIST_BUCKETS + 1] = {0}, sum = 0;
         FOR_EACH_SLOT(p, s)
         {
-            for (int k = 0; k <= LEASH_HIST_BUCKETS; k++)
+            for (int k = 1; k <= LEASH_HIST_BUCKETS; k++)
                 b[k] += ld(&s->hist_hold[k]);
             sum += ld(&s->hold_ns_total);
         }
+        leash_pool_stats st;
+        gather(p, &st);
+        derive_first(b, st.released + st.discarded + st.leaks_reclaimed + st.leaks_at_close);
         prom_hist(o, p, "leash_hold_seconds", b, sum);
     }
     prom_head(o, "leash_connect_seconds", "Each connect attempt, failed ones included.",

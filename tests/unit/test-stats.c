@@ -48,7 +48,7 @@ static const char *to_temp_file(const char *s)
  * (stdout and stderr, malloc'd) in *out. */
 static int run_cmd(const char *cmd, char **out)
 {
-    char full[1024];
+    char full[2100];
     snprintf(full, sizeof full, "%s 2>&1", cmd);
     fflush(NULL);
     FILE *f = popen(full, "r");
