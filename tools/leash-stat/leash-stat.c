@@ -6,7 +6,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,13 +73,12 @@ static int show_gone(const struct opts *o, const struct leash_page *pg, const ch
     char when[64], age[32];
     wall_time(when, sizeof when, pg->h.realtime_ns);
     leash_page_dur(age, sizeof age, page_age(pg));
-    /* the pid may exist again: another process got it, or the writer exec'd a program */
-    int pid_taken = kill(o->pid, 0) == 0 || errno == EPERM;
+    int pid_taken = leash_page_pid_in_use(o->pid);
     fprintf(stderr,
             "leash-stat: process %d (%s) is gone: %s was left behind when it %s; last refreshed "
             "%s, %s ago. %s`leash-stat --clean` removes it.\n",
             o->pid, pg->comm, path,
-            pid_taken ? "ended or ran another program (pid now in other use)"
+            pid_taken ? "ended or exec'd another program (the pid is in use again)"
                       : "ended without exiting normally (killed, crashed or _exit)",
             when, age,
             o->last ? "What it said then follows. " : "Not shown as live; --last shows it. ");

@@ -238,6 +238,22 @@ int leash_page_process(int pid, uint64_t start_time, const char *path)
     return LEASH_PROC_RUNNING;
 }
 
+int leash_page_pid_in_use(int pid)
+{
+    char name[64], buf[4096];
+    snprintf(name, sizeof name, "/proc/%d/stat", pid);
+    int fd = open(name, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
+    ssize_t n = read(fd, buf, sizeof buf);
+    close(fd);
+    char state = 0;
+    uint64_t start;
+    if (n <= 0 || leash_shm_parse_stat(buf, (size_t)n, &state, &start) != 0)
+        return 1;
+    return state != 'Z' && state != 'X' && state != 'x';
+}
+
 int leash_page_pid_of(const char *name)
 {
     size_t k = strlen(LEASH_SHM_PREFIX);

@@ -50,6 +50,10 @@ enum {
  * still runs. */
 int leash_page_process(int pid, uint64_t start_time, const char *path);
 
+/* 1 if a process (not a zombie) has pid now: for a page whose writer is gone, the pid went
+ * to another process or the writer exec'd another program. */
+int leash_page_pid_in_use(int pid);
+
 /* The pid in a page's file name ("leash.<pid>"), or 0 if the name is not a page's. */
 int leash_page_pid_of(const char *name);
 
