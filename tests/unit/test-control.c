@@ -796,6 +796,36 @@ static void test_deadline_includes_connect(void **state)
     check_all(p);
 }
 
+static void test_deadline_includes_validation(void **state)
+{
+    /* Bad input tried: an idle connection whose validation on acquire is slow (400 ms, a PING
+     * to a server that stopped answering) under a 100 ms deadline, taken from this thread's
+     * cache and from the stack. */
+    (void)state;
+    leash_pool_options o = {.validate_idle_ms = 1, .acquire_timeout_ms = 100};
+    leash_pool *p = leash_pool_open("ctl-deadline-validate", &rec_table, "fake://h", &o);
+    for (int from_stack = 0; from_stack < 2; from_stack++) {
+        leash_handle *h = take(p), *other = from_stack ? take(p) : NULL;
+        leash_release(&h);
+        leash_release(&other); /* h on the stack, other in this thread's cache */
+        if (from_stack)
+            assert_non_null(other = take(p)); /* the cached one: h stays on the stack */
+        sleep_ms(150);
+        slow_validate_ms = 400;
+        uint64_t t0 = now_ms();
+        h = leash_acquire(p);
+        uint64_t took = now_ms() - t0;
+        slow_validate_ms = 0;
+        leash_release(&h);
+        leash_release(&other);
+        if (took > 200)
+            fail_msg("an acquire with a 100 ms deadline took %llu ms (validation of an idle "
+                     "connection from the %s)",
+                     (unsigned long long)took, from_stack ? "stack" : "thread's cache");
+    }
+    check_all(p);
+}
+
 static void test_timeout_zero_never_waits_for_connect(void **state)
 {
     /* Bad input tried: acquire with timeout 0 on an empty pool whose connects take 300 ms,
@@ -1253,6 +1283,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_health_never_connects, setup, teardown),
         cmocka_unit_test_setup_teardown(test_health_without_fail_fast, setup, teardown),
         cmocka_unit_test_setup_teardown(test_deadline_includes_connect, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deadline_includes_validation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeout_zero_never_waits_for_connect, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeout_message_names_holders, setup, teardown),
         cmocka_unit_test_setup_teardown(test_backoff_schedule_and_recovery, setup, teardown),
