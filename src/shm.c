@@ -102,6 +102,14 @@ static void at_exit(void)
     }
 }
 
+void leash__shm_forget(void)
+{
+    atomic_store(&S.exiting, 1);
+    int owner = atomic_load(&S.owner);
+    if (owner != 0 && owner == getpid())
+        unlink(S.path);
+}
+
 static pthread_once_t at_exit_once = PTHREAD_ONCE_INIT;
 
 static void register_at_exit(void)

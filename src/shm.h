@@ -116,6 +116,10 @@ void leash__shm_stop(void);
  * touching it) so the child publishes its own. */
 void leash__shm_after_fork(void);
 
+/* Removes this process's page at once and makes no page again: for paths that end the
+ * process without exit handlers (the strict-mode abort). Async-signal-safe. */
+void leash__shm_forget(void);
+
 /* For tests and the benchmark: renders the dumps and publishes them now, whatever the
  * schedule. Returns the page's refresh count after it (h.refreshes), or 0 if there is no
  * page (off, failed, shut down, exiting). */

@@ -29,6 +29,13 @@ struct helper {
 
 static struct helper H;
 
+static const char *page_of(pid_t pid)
+{
+    static char p[64];
+    snprintf(p, sizeof p, "/dev/shm/leash.%d", (int)pid);
+    return p;
+}
+
 /* ---- the helper process ---- */
 
 static void helper_start(void)
@@ -86,22 +93,20 @@ static int helper_wait(void)
     return st;
 }
 
+/* Ends the helper the normal way (its page goes with it); one that does not answer is
+ * killed and its page removed here. */
 static int teardown(void **state)
 {
     (void)state;
     if (H.pid > 0) {
-        kill(H.pid, SIGCONT);
-        kill(H.pid, SIGKILL);
-        helper_wait();
+        pid_t pid = H.pid;
+        kill(pid, SIGCONT);
+        fprintf(H.in, "exit\n");
+        fflush(H.in);
+        helper_wait(); /* kills it after 10 s */
+        unlink(page_of(pid));
     }
     return 0;
-}
-
-static const char *page_of(pid_t pid)
-{
-    static char p[64];
-    snprintf(p, sizeof p, "/dev/shm/leash.%d", (int)pid);
-    return p;
 }
 
 /* ---- running leash-stat ---- */

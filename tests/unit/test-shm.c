@@ -889,6 +889,34 @@ static void test_exit_removes_the_page(void **state)
     }
 }
 
+/* leash__shm_forget (for the strict-mode abort, which runs no exit handler) removes the
+ * page at once, and no refresh makes it again before the abort. */
+static void forget_then_abort(void *arg)
+{
+    (void)arg;
+    leash_pool *p = leash_pool_open("aborts", &fake_adapter, "fake://a", NULL);
+    if (!p || !leash__shm_refresh_now())
+        _exit(3);
+    fprintf(stderr, "pid %d\n", (int)getpid());
+    leash__shm_forget();
+    if (access(page_of(getpid()), F_OK) == 0 || leash__shm_refresh_now() != 0)
+        _exit(4);
+    sleep_ms(700); /* the maintenance thread's own refresh is due meanwhile */
+    abort();
+}
+
+static void test_forget_before_abort(void **state)
+{
+    (void)state;
+    char *err = NULL;
+    int st = run_child(forget_then_abort, NULL, &err);
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
+    int pid = 0;
+    assert_int_equal(sscanf(err, "pid %d", &pid), 1);
+    free(err);
+    assert_int_equal(access(page_of(pid), F_OK), -1);
+}
+
 /* ---- the metrics file ---- */
 
 struct churn {
@@ -994,6 +1022,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_shm_off, setup, fake_teardown),
         cmocka_unit_test_setup_teardown(test_shutdown_removes_the_page, setup, fake_teardown),
         cmocka_unit_test_setup_teardown(test_exit_removes_the_page, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_forget_before_abort, setup, fake_teardown),
         cmocka_unit_test_setup_teardown(test_metrics_file, setup, fake_teardown),
     };
     return cmocka_run_group_tests_name("shm", tests, NULL, NULL);
