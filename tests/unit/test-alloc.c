@@ -48,7 +48,7 @@ static int setup(void **state)
 
 static int problems;
 
-static void problem(const char *fmt, ...)
+__attribute__((format(printf, 1, 2))) static void problem(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);

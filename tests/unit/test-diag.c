@@ -958,8 +958,9 @@ static unsigned long long json_num(const char *s, const char *key)
 }
 
 /* 8 threads borrow, release, discard and break handles of a pool of 4 while the main thread
- * takes JSON snapshots (at least 500, for 3 s): acquired == released + discarded + leaks_reclaimed
- * + leaks_at_close + in_use holds in every one (no torn values). */
+ * takes JSON snapshots (at least 500, for 3 s): acquired == released + discarded +
+ * leaks_reclaimed + leaks_at_close + in_use holds in every one (no torn values), and no
+ * counter is smaller than in the snapshot before. */
 static void test_invariant_in_every_snapshot(void **state)
 {
     (void)state;
@@ -973,8 +974,9 @@ static void test_invariant_in_every_snapshot(void **state)
     size_t cap = 1 << 20;
     char *buf = malloc(cap);
     assert_non_null(buf);
-    int bad = 0, taken = 0;
-    char first_bad[512] = "";
+    int bad = 0, taken = 0, down = 0;
+    char first_bad[512] = "", first_down[256] = "";
+    unsigned long long last[3] = {0, 0, 0}; /* acquired, released, discarded: counters */
     /* At least 500 snapshots over 3 s (a torn read is a narrow window: it takes many looks),
      * and at least 2000 borrows meanwhile (at most 20 s). */
     double until = now_s() + 3, give_up = now_s() + 20;
@@ -989,6 +991,15 @@ static void test_invariant_in_every_snapshot(void **state)
                            rec = json_num(pool, "leaks_reclaimed"),
                            clo = json_num(pool, "leaks_at_close"), use = json_num(pool, "in_use");
         taken++;
+        /* Counters never go down (Prometheus reads a decrease as a restart). */
+        const unsigned long long now[3] = {acq, rel, dis};
+        const char *names[3] = {"acquired", "released", "discarded"};
+        for (int k = 0; k < 3; k++) {
+            if (now[k] < last[k] && !down++)
+                snprintf(first_down, sizeof first_down, "snapshot %d: %s %llu after %llu", i,
+                         names[k], now[k], last[k]);
+            last[k] = now[k];
+        }
         if (acq != rel + dis + rec + clo + use) {
             if (!bad++)
                 snprintf(first_bad, sizeof first_bad,
@@ -1007,6 +1018,9 @@ static void test_invariant_in_every_snapshot(void **state)
         fail_msg("%d of %d snapshots break the counting invariant (%ld borrows meanwhile); "
                  "first: %s",
                  bad, taken, atomic_load(&hm.cycles), first_bad);
+    if (down)
+        fail_msg("%d of %d snapshots show a counter smaller than the snapshot before; first: %s",
+                 down, taken, first_down);
     assert_true(atomic_load(&hm.cycles) >= 2000); /* the pool was busy while we looked */
     assert_balanced(p);
 }
