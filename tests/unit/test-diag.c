@@ -637,6 +637,75 @@ static void test_sites_overflow(void **state)
     leash_pool_close(p);
 }
 
+struct alternator {
+    leash_pool *p;
+    _Atomic int stop;
+    _Atomic long borrows;
+};
+
+static int line_x, line_y;
+
+/* One thread, one connection, two sites in turn: the slot changes site at every borrow. */
+static void *alternate_sites(void *v)
+{
+    struct alternator *al = v;
+    while (!atomic_load(&al->stop)) {
+        leash_handle *h = ACQUIRE_NOTING_LINE(al->p, line_x);
+        leash_release(&h);
+        h = ACQUIRE_NOTING_LINE(al->p, line_y);
+        leash_release(&h);
+        atomic_fetch_add(&al->borrows, 2);
+    }
+    return NULL;
+}
+
+/* A site's acquired (a Prometheus counter, leash_site_acquired_total) never goes down from one
+ * read to the next while the slot that serves it moves between sites. */
+static void test_site_counts_never_go_down(void **state)
+{
+    (void)state;
+    leash_pool_options o = {.max_size = 1};
+    leash_pool *p = leash_pool_open("alternate", &fake_adapter, "fake://h", &o);
+    assert_non_null(p);
+    struct alternator al = {.p = p};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, alternate_sites, &al), 0);
+    uint64_t last_x = 0, last_y = 0;
+    int down = 0, reads = 0;
+    char first[256] = "";
+    double until = now_s() + 2;
+    while (now_s() < until || reads < 1000) {
+        leash_site_stats s[4];
+        int n = leash_pool_sites(p, s, 4);
+        assert_true(n >= 0 && n <= 2);
+        uint64_t x = 0, y = 0;
+        for (int i = 0; i < n; i++) {
+            if (s[i].line == line_x)
+                x = s[i].acquired;
+            else if (s[i].line == line_y)
+                y = s[i].acquired;
+        }
+        if ((x < last_x || y < last_y) && !down++)
+            snprintf(first, sizeof first, "read %d: x %llu after %llu, y %llu after %llu", reads,
+                     (unsigned long long)x, (unsigned long long)last_x, (unsigned long long)y,
+                     (unsigned long long)last_y);
+        last_x = x;
+        last_y = y;
+        reads++;
+    }
+    atomic_store(&al.stop, 1);
+    pthread_join(t, NULL);
+    assert_true(atomic_load(&al.borrows) > 1000);
+    if (down)
+        fail_msg("%d of %d reads show a site's acquired smaller than the read before; first: %s",
+                 down, reads, first);
+    /* Quiet now: the two sites account for every borrow. */
+    leash_site_stats s[4];
+    assert_int_equal(leash_pool_sites(p, s, 4), 2);
+    assert_int_equal(s[0].acquired + s[1].acquired, stats(p).acquired);
+    assert_balanced(p);
+}
+
 /* ---- Prometheus histograms ---- */
 
 /* Runs a shell command; returns its exit status (-1 if it did not exit) and its output. */
@@ -1434,6 +1503,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sites_arguments, setup, fake_teardown),
         cmocka_unit_test_setup_teardown(test_sites_problems, setup, fake_teardown),
         cmocka_unit_test_setup_teardown(test_sites_overflow, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_site_counts_never_go_down, setup, fake_teardown),
         cmocka_unit_test_setup_teardown(test_histograms_match_counters, setup, fake_teardown),
         cmocka_unit_test_setup_teardown(test_prometheus_sites_with_equal_names, setup,
                                         fake_teardown),
