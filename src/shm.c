@@ -481,6 +481,13 @@ static void metrics_write(void)
     char path[PATH_MAX], tmp[PATH_MAX + 32];
     const char *text = S.buf[LEASH_SHM_PROMETHEUS];
     size_t len = S.len[LEASH_SHM_PROMETHEUS];
+    if (S.cut & (LEASH_SHM_F_CUT << LEASH_SHM_PROMETHEUS)) {
+        leash__log_once(&S.metrics_ms, 0, LEASH_LOG_WARN,
+                        "LEASH_METRICS_FILE: the Prometheus dump is larger than %u bytes; the "
+                        "file is not rewritten",
+                        (unsigned)RENDER_MAX);
+        return; /* a cut dump must not look whole */
+    }
     if (metrics_expand(path, sizeof path) != 0) {
         leash__log(LEASH_LOG_WARN, "LEASH_METRICS_FILE: the path is too long");
         return;

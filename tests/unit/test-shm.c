@@ -1001,6 +1001,18 @@ static void test_metrics_file(void **state)
     unlink(path);
     rmdir(dir);
 
+    /* %p in the path is the pid */
+    snprintf(path, sizeof path, "/tmp/leash-test-metrics-%%p.prom");
+    setenv("LEASH_METRICS_FILE", path, 1);
+    assert_non_null(leash_pool_open("metrics-pid", &fake_adapter, "fake://m", NULL));
+    char expanded[128];
+    snprintf(expanded, sizeof expanded, "/tmp/leash-test-metrics-%d.prom", (int)getpid());
+    for (int i = 0; i < 300 && access(expanded, F_OK) != 0; i++)
+        sleep_ms(10);
+    assert_int_equal(access(expanded, F_OK), 0);
+    unlink(expanded);
+    leash_shutdown();
+
     setenv("LEASH_METRICS_INTERVAL_MS", "soon", 1);
     capture_start();
     assert_non_null(leash_pool_open("metrics2", &fake_adapter, "fake://m", NULL));
