@@ -13,7 +13,7 @@ int main(int argc, char **argv)
 
     leash_pool *api = leash_http_pool_with("api", base, NULL, &http);
     if (!api) {
-        fprintf(stderr, "bad base URL: %s\n", leash_last_error());
+        fprintf(stderr, "%s\n", leash_last_error()); /* http pool "api": bad base URL: ... */
         return 1;
     }
     for (int i = 0; i < 3; i++) {

@@ -212,15 +212,19 @@ void leash__log_reset_once(void)
  *
  * URL userinfo: after each "://", up to the last '@' before the next whitespace (a URL has
  * no raw whitespace, and a password may hold '/', '?', '#', '@', ':', '[', ']' or '%'
- * unencoded). "user:***@" keeps the user name; a userinfo without ':' is hidden whole.
+ * unencoded). "user:***@" keeps a plain user name; a userinfo without ':', or one whose
+ * part before the ':' has URL or key-value syntax in it, is hidden whole. A password key
+ * (below) inside that part hides its whole value, past the '@' if need be.
  * Without a '@', a "host:port" whose port is not a port (a password whose "@host" is
- * missing) is hidden from the ':' to the whitespace; a port is up to 5 digits, then the end
- * of the authority or a quote or bracket closing the URL.
+ * missing) is hidden from the ':' to the whitespace; a port is 1 to 5 digits, then the end
+ * of the authority or quotes or brackets closing the URL (then whitespace).
  *
  * Keys: password=value, password: value, "password": "value", PASSWORD 'value' (any case;
- * also inside longer keys such as sentinel_password). A quoted value ends at its closing
- * quote (backslash escapes, doubled quotes); an unquoted one at whitespace (backslash
- * escapes), and in a URL query (a parameter name after '?' or '&') also at '&' or '#'. */
+ * also inside longer keys such as sentinel_password). A value is a word: unquoted and
+ * quoted runs (doubled quotes; backslash escapes or not, whichever reads further) up to
+ * unquoted whitespace, or, when it starts with a quoted run, to a ',', ';', ')', ']' or
+ * '}' right after that run. In a URL query (a parameter name after '?' or '&') a value
+ * ends at '&', '#' or whitespace, quotes and all. */
 
 static size_t put(char *out, size_t outlen, size_t o, const char *s, size_t n)
 {
@@ -232,6 +236,31 @@ static size_t put(char *out, size_t outlen, size_t o, const char *s, size_t n)
 static int space(char ch)
 {
     return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == '\v' || ch == '\f';
+}
+
+static size_t redact_key_value(const char *in, size_t i, char *out, size_t outlen, size_t *o);
+
+/* 1 when s (right after a port's digits) closes the URL: quotes or brackets around it,
+ * then perhaps a ':', ',', ';' or '.', then whitespace or the end. */
+static int url_closed(const char *s)
+{
+    if (!strchr("\"'>)]}", *s))
+        return 0;
+    while (*s && strchr("\"'>)]}", *s))
+        s++;
+    if (*s && strchr(":,;.", *s))
+        s++;
+    return !*s || space(*s);
+}
+
+/* 1 when [s, s+n) may be shown as a user name or host before a hidden password: no URL or
+ * key-value syntax in it (else it may be a part of a password split at a ':'). */
+static int plain_name(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strchr("/?#@=&;\"'\\", s[i]) || strncasecmp(s + i, "password", 8) == 0)
+            return 0;
+    return 1;
 }
 
 /* At in + a, just past "://": copies or hides the authority's userinfo into out at *o.
@@ -246,11 +275,20 @@ static size_t redact_authority(const char *in, size_t a, char *out, size_t outle
         }
     }
     if (found) {
+        /* A '@' in a query's password (?password=p@ss) is not the userinfo's: a key-value
+         * pair that starts in the part hidden runs to its own end. */
+        size_t stop = at, none = 0;
+        for (size_t k = a; k < at; k++) {
+            size_t e = redact_key_value(in, k, out, 0, &none);
+            if (e > stop)
+                stop = e;
+        }
         const char *colon = memchr(in + a, ':', at - a);
-        if (colon)
-            *o = put(out, outlen, *o, in + a, (size_t)(colon + 1 - (in + a)));
+        size_t user = colon ? (size_t)(colon - (in + a)) : 0;
+        if (colon && stop == at && plain_name(in + a, user))
+            *o = put(out, outlen, *o, in + a, user + 1);
         *o = put(out, outlen, *o, "***", 3);
-        return at; /* the '@' and the host are copied by the caller's scan */
+        return stop; /* at the '@': it and the host are copied by the caller's scan */
     }
     size_t end = a;
     while (end < tok && in[end] != '/' && in[end] != '?' && in[end] != '#')
@@ -266,12 +304,30 @@ static size_t redact_authority(const char *in, size_t a, char *out, size_t outle
     size_t d = k + 1;
     while (d < end && isdigit((unsigned char)in[d]))
         d++;
-    /* A port ends the authority, or a quote or bracket around the URL does. */
-    if (d - (k + 1) <= 5 && (d == end || strchr("\"'>)]},;", in[d])))
-        return a;
-    *o = put(out, outlen, *o, in + a, k + 1 - a);
+    if (d - (k + 1) <= 5 && (d == end || (d > k + 1 && url_closed(in + d))))
+        return a; /* a port */
+    if (plain_name(in + a, k - a))
+        *o = put(out, outlen, *o, in + a, k + 1 - a);
     *o = put(out, outlen, *o, "***", 3);
     return tok;
+}
+
+/* At in + j, an opening quote: returns the end of the quoted run (past its closing quote, or
+ * the end of in). A doubled quote is one quote of the value; escapes: whether a backslash
+ * escapes the next character. */
+static size_t quoted_run(const char *in, size_t j, int escapes)
+{
+    char quote = in[j];
+    for (j++; in[j]; j++) {
+        if (escapes && in[j] == '\\' && in[j + 1]) {
+            j++;
+        } else if (in[j] == quote) {
+            if (in[j + 1] != quote)
+                return j + 1;
+            j++;
+        }
+    }
+    return j;
 }
 
 /* At in + i: if a password key starts there, copies the key as written and "***" into out
@@ -294,28 +350,33 @@ static size_t redact_key_value(const char *in, size_t i, char *out, size_t outle
     }
     *o = put(out, outlen, *o, in + i, j - i);
     *o = put(out, outlen, *o, "***", 3);
-    char quote = in[j];
-    if (quote == '\'' || quote == '"') {
-        for (j++; in[j]; j++) {
-            if (in[j] == '\\' && in[j + 1]) {
-                j++;
-            } else if (in[j] == quote) {
-                if (in[j + 1] != quote)
-                    return j + 1;
-                j++; /* a doubled quote is one quote of the value */
-            }
-        }
-        return j;
-    }
-    /* A query parameter: its name (e.g. sentinel_password) follows a '?' or '&'. */
+    /* A query parameter: its name (e.g. sentinel_password) follows a '?' or '&'; its value
+     * ends at '&', '#' or whitespace, a quote in it is just a character. */
     size_t k = i;
     while (k > 0 && (isalnum((unsigned char)in[k - 1]) || strchr("_-.", in[k - 1])))
         k--;
     int query = k > 0 && (in[k - 1] == '?' || in[k - 1] == '&');
-    while (in[j] && !space(in[j]) && !(query && (in[j] == '&' || in[j] == '#'))) {
-        if (in[j] == '\\' && in[j + 1])
+    if (query) {
+        while (in[j] && !space(in[j]) && in[j] != '&' && in[j] != '#')
             j++;
-        j++;
+        return j;
+    }
+    /* Elsewhere a value is a word: unquoted runs (backslash escapes) and quoted runs
+     * (backslash escapes, doubled quotes) up to unquoted whitespace; a value that starts
+     * with a quoted run also ends at a ',', ';', ')', ']' or '}' right after it (JSON). */
+    for (size_t start = j; in[j] && !space(in[j]);) {
+        char quote = in[j];
+        if (quote != '\'' && quote != '"') {
+            j += in[j] == '\\' && in[j + 1] ? 2 : 1;
+            continue;
+        }
+        int first = j == start;
+        /* Whether a backslash escapes (conninfo, JSON) or not (SQL), the run reaches at
+         * least this far. */
+        size_t escaped = quoted_run(in, j, 1), literal = quoted_run(in, j, 0);
+        j = escaped > literal ? escaped : literal;
+        if (first && in[j] && strchr(",;)]}", in[j]))
+            break;
     }
     return j;
 }

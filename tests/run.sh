@@ -5,6 +5,7 @@
 #   build-ci       plain build, -Werror: every suite (unit, integration)
 #   build-asan     AddressSanitizer + UndefinedBehaviorSanitizer: every suite
 #   build-tsan     ThreadSanitizer: the core's unit suite
+#   build-fuzz     libFuzzer targets (tests/fuzz/run.sh), LEASH_FUZZ_SECONDS each (default 30)
 # Usage: tests/run.sh [--quick]   (--quick: plain build only)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -57,6 +58,9 @@ if [ $quick = 0 ]; then
     -Dexamples=false
   say "TSan: the core's unit suite"
   run_suite build-tsan --suite unit || failed=1
+
+  say "fuzzing: libFuzzer targets, ${LEASH_FUZZ_SECONDS:-30} s each (clang, ASan+UBSan)"
+  tests/fuzz/run.sh "${LEASH_FUZZ_SECONDS:-30}" || failed=1
 fi
 
 # One closing line for people and for CI: every meson test of every build.

@@ -15,6 +15,11 @@ leash_status leash__http_check_base(const char *name, const char *url, char *why
 leash_status leash__http_check_path(const char *name, const char *path, char *why, size_t whylen);
 /* url as dumps and messages show it: trailing '/' removed, passwords replaced by "***". */
 void leash__http_show_base(const char *url, char *out, size_t outlen);
+/* A failed request's message into out: "http pool \"name\": METHOD SHOWN/PATH: WHAT", with
+ * shown already password-free (leash__http_show_base) and path and what (curl's text)
+ * redacted here, each before it is cut to fit. */
+void leash__http_transfer_message(char *out, size_t outlen, const char *name, const char *method,
+                                  const char *shown, const char *path, const char *what);
 
 /* The easy handle of a held HTTP handle without counting it as a raw borrow (tests read
  * CURLINFO_* through it); NULL as leash_http. */

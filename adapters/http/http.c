@@ -820,34 +820,43 @@ static int set_method(http_conn *c, const char *method, const char *body, size_t
     return rc ? -1 : 0;
 }
 
-/* A failed transfer's message: the method, the URL without passwords (the path and curl's
- * text are redacted on their own, before they are cut to fit), and what went wrong. */
+void leash__http_transfer_message(char *out, size_t outlen, const char *name, const char *method,
+                                  const char *shown, const char *path, const char *what)
+{
+    /* Redacted whole, then cut to fit: cutting first could cut a password's end marker. */
+    char where[LEASH_ERR_MAX], clean[LEASH_ERR_MAX];
+    leash__redact(path, where, sizeof where);
+    leash__redact(what, clean, sizeof clean);
+    say(out, outlen, name, LEASH_EIO, "%s %.160s%s%.96s: %.200s", method, shown,
+        path[0] == '/' ? "" : "/", where, clean);
+}
+
+/* A failed transfer: the status, the broken mark, the message. */
 static leash_status transfer_failed(leash_handle *h, http_conn *c, const char *method,
                                     const char *path, CURLcode rc)
 {
     http_ctx *ctx = c->ctx;
     int over = c->over || rc == CURLE_FILESIZE_EXCEEDED;
-    const char *sep = path[0] == '/' ? "" : "/";
-    char where[LEASH_ERR_MAX], what[LEASH_ERR_MAX];
-    leash__redact(path, where, sizeof where);
+    char what[LEASH_ERR_MAX], msg[LEASH_ERR_MAX];
     free(c->buf);
     c->buf = NULL;
     c->len = c->cap = 0;
-    if (over)
-        return fail(ctx->name, LEASH_EIO,
-                    "%s %.160s%s%.96s: response body over max_body (%zu byte%s)", method,
-                    c->base->shown, sep, where, ctx->max_body, plural(ctx->max_body));
     leash_status st = LEASH_EIO;
-    if (rc == CURLE_OPERATION_TIMEDOUT)
-        st = LEASH_ETIMEDOUT;
-    else if (rc == CURLE_WRITE_ERROR || rc == CURLE_OUT_OF_MEMORY)
-        st = LEASH_ENOMEM;
-    /* The connection's state is unknown after a transport failure or a timeout. */
-    if (st != LEASH_ENOMEM)
-        leash_mark_broken(h);
-    leash__redact(c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc), what, sizeof what);
-    return fail(ctx->name, st, "%s %.160s%s%.96s: %.200s", method, c->base->shown, sep, where,
-                what);
+    if (over) {
+        snprintf(what, sizeof what, "response body over max_body (%zu byte%s)", ctx->max_body,
+                 plural(ctx->max_body));
+    } else {
+        if (rc == CURLE_OPERATION_TIMEDOUT)
+            st = LEASH_ETIMEDOUT;
+        else if (rc == CURLE_WRITE_ERROR || rc == CURLE_OUT_OF_MEMORY)
+            st = LEASH_ENOMEM;
+        /* The connection's state is unknown after a transport failure or a timeout. */
+        if (st != LEASH_ENOMEM)
+            leash_mark_broken(h);
+        snprintf(what, sizeof what, "%s", c->errbuf[0] ? c->errbuf : curl_easy_strerror(rc));
+    }
+    leash__http_transfer_message(msg, sizeof msg, ctx->name, method, c->base->shown, path, what);
+    return leash__fail(st, "%s", msg);
 }
 
 leash_status leash_http_request(leash_handle *h, const char *method, const char *path,
