@@ -949,6 +949,79 @@ static void test_prometheus_sites_with_equal_names(void **state)
                  held_dup[0] && site_dup[0] ? " and " : "", site_dup);
 }
 
+struct holder4 {
+    leash_pool *p;
+    _Atomic int stop;
+    _Atomic long borrows;
+};
+
+/* Borrows with holds of 0-30 us (some under the first bucket's 8.2 us, most over it). */
+static void *short_holds(void *v)
+{
+    struct holder4 *hd = v;
+    for (long i = 0; !atomic_load(&hd->stop); i++) {
+        leash_handle *h = leash_acquire_for(hd->p, 2000);
+        if (!h)
+            continue;
+        spin_ns((uint64_t)(i % 4) * 10000);
+        leash_release(&h);
+        atomic_fetch_add(&hd->borrows, 1);
+    }
+    return NULL;
+}
+
+/* Histogram buckets are counters too: while 8 threads borrow from a pool of 4, no cumulative
+ * bucket, _count or _sum of the wait and hold histograms is smaller than in the exposition
+ * before. */
+static void test_histogram_counters_never_go_down(void **state)
+{
+    (void)state;
+    leash_pool_options o = {.max_size = 4};
+    leash_pool *p = leash_pool_open("histmono", &fake_adapter, "fake://h", &o);
+    assert_non_null(p);
+    struct holder4 hd = {.p = p};
+    pthread_t t[8];
+    for (int i = 0; i < 8; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, short_holds, &hd), 0);
+    size_t cap = 1 << 20;
+    char *buf = malloc(cap);
+    assert_non_null(buf);
+    const char *names[2] = {"leash_acquire_wait_seconds", "leash_hold_seconds"};
+    struct hist last[2];
+    memset(last, 0, sizeof last);
+    int down = 0, reads = 0;
+    char first[256] = "";
+    double until = now_s() + 3;
+    while (now_s() < until || reads < 300) {
+        assert_true(leash__render(buf, cap, LEASH_FORMAT_PROMETHEUS) > 0);
+        for (int k = 0; k < 2; k++) {
+            struct hist h = parse_hist(buf, names[k], "histmono");
+            assert_true(h.nb == LEASH_HIST_BUCKETS + 1 && h.has_count && h.has_sum);
+            double sum = strtod(h.sum, NULL), last_sum = strtod(last[k].sum, NULL);
+            for (int b = 0; b < h.nb; b++) {
+                if (h.bucket[b] < last[k].bucket[b] && !down++)
+                    snprintf(first, sizeof first, "read %d: %s bucket le=%g: %llu after %llu",
+                             reads, names[k], h.le[b], h.bucket[b], last[k].bucket[b]);
+            }
+            if ((h.count < last[k].count || sum < last_sum) && !down++)
+                snprintf(first, sizeof first,
+                         "read %d: %s _count %llu after %llu, _sum %s after %s", reads, names[k],
+                         h.count, last[k].count, h.sum, last[k].sum);
+            last[k] = h;
+        }
+        reads++;
+    }
+    atomic_store(&hd.stop, 1);
+    for (int i = 0; i < 8; i++)
+        pthread_join(t[i], NULL);
+    free(buf);
+    assert_true(atomic_load(&hd.borrows) > 1000);
+    if (down)
+        fail_msg("%d times in %d expositions a histogram counter went down; first: %s", down, reads,
+                 first);
+    assert_balanced(p);
+}
+
 /* In a forked child, a handle borrowed before the fork ends its borrow there (counted
  * discarded): the hold histogram must still count released + discarded + ... */
 static void child_hist_after_fork(void *arg)
@@ -1505,6 +1578,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sites_overflow, setup, fake_teardown),
         cmocka_unit_test_setup_teardown(test_site_counts_never_go_down, setup, fake_teardown),
         cmocka_unit_test_setup_teardown(test_histograms_match_counters, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_histogram_counters_never_go_down, setup,
+                                        fake_teardown),
         cmocka_unit_test_setup_teardown(test_prometheus_sites_with_equal_names, setup,
                                         fake_teardown),
         cmocka_unit_test_setup_teardown(test_hold_histogram_in_forked_child, setup, fake_teardown),
