@@ -380,6 +380,28 @@ static void test_retarget_foreign_adapter(void **state)
     check_all(p);
 }
 
+static void test_retarget_connect_in_flight(void **state)
+{
+    /* Bad input tried: a retarget while a connect to the old target is still running (its
+     * borrower gave up): it lands retired, and the next connect uses the new target. */
+    (void)state;
+    leash_pool *p = leash_pool_open("ctl-retarget-flight", &rec_table, "fake://old", NULL);
+    fake_hang = 1;
+    assert_null(leash_acquire_for(p, 50));
+    assert_int_equal(stats(p).connecting, 1);
+    assert_int_equal(leash_pool_retarget(p, "fake://new"), LEASH_OK);
+    fake_hang = 0;
+    assert_true(WAIT_UNTIL(stats(p).connecting == 0 && stats(p).size == 0, 2000));
+    assert_int_equal(stats(p).destroyed_evicted, 1);
+    leash_handle *h = take(p);
+    char t[256];
+    rec_target(t, sizeof t);
+    assert_string_equal(t, "fake://new");
+    leash_release(&h);
+    assert_int_equal(stats(p).created, 2);
+    check_all(p);
+}
+
 static void test_retarget_hook_refusal_changes_nothing(void **state)
 {
     /* Bad input tried: a target the adapter's hook refuses (it quotes the password): the
@@ -664,14 +686,24 @@ static void *acquire_during_drain(void *v)
 static void test_drain_refuses_borrowers(void **state)
 {
     /* Bad input tried: a borrower that asks while the drain waits for a handle that is never
-     * returned in time. */
+     * returned in time, and one queued (pool of 1, handle out) before the drain began. */
     (void)state;
-    leash_pool *p = leash_pool_open("ctl-drain-refuse", &fake_adapter, "fake://h", NULL);
+    leash_pool_options o = {.max_size = 1};
+    leash_pool *p = leash_pool_open("ctl-drain-refuse", &fake_adapter, "fake://h", &o);
     leash_handle *h = take(p);
     struct drain_borrower b = {p, LEASH_OK, 0};
     pthread_t t;
     pthread_create(&t, NULL, acquire_during_drain, &b);
+    /* and one already queued when the drain starts: woken at once, not at its deadline */
+    struct holder q = {p, 0, 0};
+    pthread_t tq;
+    pthread_create(&tq, NULL, hold_then_release, &q);
+    assert_true(WAIT_UNTIL(stats(p).waiting == 1, 2000));
+    uint64_t t0 = now_ms();
     assert_int_equal(leash_pool_drain(p, 300), LEASH_ETIMEDOUT);
+    pthread_join(tq, NULL);
+    assert_int_equal(q.holding, -1);
+    assert_true(now_ms() - t0 < 1000); /* its own deadline was 2 s */
     pthread_join(t, NULL);
     if (b.st != LEASH_ECLOSED || !b.says_draining)
         fail_msg("a borrower during a drain got %s (want ECLOSED, saying \"draining\")",
@@ -1028,6 +1060,50 @@ static void test_backoff_schedule_and_recovery(void **state)
     check_all(p);
 }
 
+struct one_try {
+    leash_pool *p;
+    pthread_barrier_t *go;
+};
+
+static void *one_acquire(void *v)
+{
+    struct one_try *a = v;
+    pthread_barrier_wait(a->go);
+    leash_handle *h = leash_acquire_for(a->p, 2000);
+    leash_release(&h);
+    return NULL;
+}
+
+static void test_backoff_first_step(void **state)
+{
+    /* Bad input tried: three connects running at once (max_connecting 3, 30 ms each) that all
+     * fail: the pool is down after the second; the third, already running then, must not
+     * double the first pause (about 50 ms) before the first probe. */
+    (void)state;
+    leash_pool_options o = {.max_size = 4, .max_connecting = 3};
+    leash_pool *p = leash_pool_open("ctl-backoff-first", &rec_table, "fake://h", &o);
+    fake_fail_connect = 1;
+    fake_connect_delay_ms = 30;
+    pthread_barrier_t go;
+    pthread_barrier_init(&go, NULL, 3);
+    struct one_try a = {p, &go};
+    pthread_t t[3];
+    for (int i = 0; i < 3; i++)
+        pthread_create(&t[i], NULL, one_acquire, &a);
+    for (int i = 0; i < 3; i++)
+        pthread_join(t[i], NULL);
+    pthread_barrier_destroy(&go);
+    assert_int_equal(fake_connecting_peak, 3);
+    assert_int_equal(leash_pool_health(p), LEASH_ECONNECT);
+    const char *at = strstr(leash_last_error(), "next attempt in ");
+    assert_non_null(at);
+    int next = atoi(at + strlen("next attempt in "));
+    if (next > 55)
+        fail_msg("the first probe after the pool went down is %d ms away (about 50 expected): %s",
+                 next, leash_last_error());
+    check_all(p);
+}
+
 /* ---- max_connecting ---- */
 
 struct burst {
@@ -1271,6 +1347,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_evict_connect_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_evict_peer_and_check_peer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retarget_foreign_adapter, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_retarget_connect_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retarget_hook_refusal_changes_nothing, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_retarget_while_down, setup, teardown),
@@ -1287,6 +1364,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_timeout_zero_never_waits_for_connect, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeout_message_names_holders, setup, teardown),
         cmocka_unit_test_setup_teardown(test_backoff_schedule_and_recovery, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_backoff_first_step, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_connecting_peak, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keepalive_replaces_dead_idle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keepalive_does_not_hide_other_idle, setup, teardown),
