@@ -1167,6 +1167,93 @@ static void test_invariant_in_every_snapshot(void **state)
     assert_balanced(p);
 }
 
+/* ---- the down state in a dump while connects keep failing ---- */
+
+static _Atomic int flaky_calls;
+#define FLAKY_SHORT "refused"
+#define FLAKY_LONG "refused: the server said no at length, with many words to copy"
+
+/* An adapter whose every connect fails, with a short and a long message in turn. */
+static void *flaky_connect(void *ctx, const char *target, char *err, size_t errlen)
+{
+    (void)ctx;
+    (void)target;
+    snprintf(err, errlen, "%s", flaky_calls++ % 2 ? FLAKY_LONG : FLAKY_SHORT);
+    return NULL;
+}
+
+static void flaky_destroy(void *ctx, void *conn)
+{
+    (void)ctx;
+    free(conn);
+}
+
+static const leash_adapter flaky_adapter = {
+    .kind = "flaky", .connect = flaky_connect, .destroy = flaky_destroy};
+
+struct prober {
+    leash_pool *p;
+    _Atomic int stop;
+};
+
+static void *probe_loop(void *v)
+{
+    struct prober *pr = v;
+    while (!atomic_load(&pr->stop)) {
+        leash_handle *h = leash_acquire_for(pr->p, 5);
+        assert_null(h);
+    }
+    return NULL;
+}
+
+/* While a pool is down and its connects keep failing (bad input: a backend that refuses every
+ * connect, with messages of two lengths), text dumps taken by another thread show the last
+ * error whole: one of the adapter's two messages, never a mix of both (a dump takes no lock;
+ * ThreadSanitizer also checks the read). */
+static void test_down_message_in_dump_is_whole(void **state)
+{
+    (void)state;
+    flaky_calls = 0;
+    leash_pool_options o = {.max_size = 2, .connect_backoff_ms = 1, .max_connecting = 2};
+    leash_pool *p = leash_pool_open("flaky", &flaky_adapter, "flaky://x", &o);
+    assert_non_null(p);
+    struct prober pr = {.p = p};
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, probe_loop, &pr), 0);
+    size_t cap = 1 << 18;
+    char *buf = malloc(cap);
+    assert_non_null(buf);
+    int downs = 0, torn = 0, reads = 0;
+    char first[512] = "";
+    double until = now_s() + 2;
+    while (now_s() < until) {
+        assert_true(leash__render(buf, cap, LEASH_FORMAT_TEXT) > 0);
+        reads++;
+        const char *at = strstr(buf, "last error: ");
+        if (!at)
+            continue;
+        downs++;
+        at += strlen("last error: ");
+        size_t n = strcspn(at, "\n");
+        if (!((n == strlen(FLAKY_SHORT) && !strncmp(at, FLAKY_SHORT, n)) ||
+              (n == strlen(FLAKY_LONG) && !strncmp(at, FLAKY_LONG, n))) &&
+            !torn++)
+            snprintf(first, sizeof first, "%.*s", (int)n, at);
+    }
+    atomic_store(&pr.stop, 1);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    free(buf);
+    assert_true(flaky_calls > 20);
+    assert_true(downs > 0);
+    if (torn)
+        fail_msg("%d of %d dumps of a down pool show a last error that is no message of the "
+                 "adapter's; first: \"%s\"",
+                 torn, downs, first);
+    (void)reads;
+}
+
 /* ---- hooks ---- */
 
 struct hook_log {
@@ -1584,6 +1671,7 @@ int main(void)
                                         fake_teardown),
         cmocka_unit_test_setup_teardown(test_hold_histogram_in_forked_child, setup, fake_teardown),
         cmocka_unit_test_setup_teardown(test_invariant_in_every_snapshot, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_down_message_in_dump_is_whole, setup, fake_teardown),
         cmocka_unit_test_setup_teardown(test_hooks_count_like_stats, setup, fake_teardown),
         cmocka_unit_test_setup_teardown(test_hooks_null_member_and_removal, setup, fake_teardown),
         cmocka_unit_test_setup_teardown(test_hooks_see_every_failed_acquire, setup, fake_teardown),
