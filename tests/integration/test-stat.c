@@ -13,6 +13,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,7 +25,8 @@
 
 struct helper {
     pid_t pid;
-    FILE *in, *out;
+    FILE *in;
+    int out; /* read a byte at a time with a deadline: a helper that hangs fails the test */
 };
 
 static struct helper H;
@@ -37,6 +39,29 @@ static const char *page_of(pid_t pid)
 }
 
 /* ---- the helper process ---- */
+
+static int helper_wait(void);
+
+/* One line from the helper into buf (newline dropped); 0, or -1 at EOF or after 20 s. */
+static int read_line(char *buf, size_t cap)
+{
+    size_t n = 0;
+    double until = now_s() + 20;
+    while (n + 1 < cap) {
+        struct pollfd p = {H.out, POLLIN, 0};
+        int left = (int)((until - now_s()) * 1000);
+        if (left <= 0 || poll(&p, 1, left) <= 0)
+            return -1;
+        char c;
+        if (read(H.out, &c, 1) != 1)
+            return -1;
+        if (c == '\n')
+            break;
+        buf[n++] = c;
+    }
+    buf[n] = '\0';
+    return 0;
+}
 
 static void helper_start(void)
 {
@@ -61,25 +86,27 @@ static void helper_start(void)
     close(from[1]);
     H.pid = pid;
     H.in = fdopen(to[1], "w");
-    H.out = fdopen(from[0], "r");
+    H.out = from[0];
     assert_non_null(H.in);
-    assert_non_null(H.out);
     char line[128];
-    assert_non_null(fgets(line, sizeof line, H.out));
     int ready = 0;
-    assert_int_equal(sscanf(line, "ready %d", &ready), 1);
-    assert_int_equal(ready, (int)pid);
+    if (read_line(line, sizeof line) != 0 || sscanf(line, "ready %d", &ready) != 1 ||
+        ready != (int)pid) {
+        kill(pid, SIGKILL);
+        helper_wait();
+        fail_msg("the helper did not start (is redis up on 16380?)");
+    }
 }
 
-/* Sends one command and returns its answer line (static buffer), or NULL at EOF. */
+/* Sends one command and returns its answer line (static buffer); fails the test if none
+ * comes. */
 static const char *helper_say(const char *cmd)
 {
     static char line[256];
     fprintf(H.in, "%s\n", cmd);
     fflush(H.in);
-    if (!fgets(line, sizeof line, H.out))
-        return NULL;
-    line[strcspn(line, "\n")] = '\0';
+    if (read_line(line, sizeof line) != 0)
+        fail_msg("the helper did not answer \"%s\" within 20 s", cmd);
     return line;
 }
 
@@ -88,7 +115,7 @@ static int helper_wait(void)
 {
     int st = wait_child(H.pid);
     fclose(H.in);
-    fclose(H.out);
+    close(H.out);
     H.pid = 0;
     return st;
 }
