@@ -3,14 +3,17 @@
  * 1. Restart storm: 64 threads run SELECT 1 through a pool of 64; the server is stopped
  *    (tests/servers.sh stop pg), left down for a second, and started again. Reported for
  *    max_connecting at its default (2) and unlimited (1000): the most connections the server
- *    was setting up at once while the pool came back, and the time from the server listening
- *    again until every thread had a request served.
- *    "Setting up" is counted on the server's side, every millisecond: the server's ESTABLISHED
- *    TCP sockets whose client is one of this process's sockets (matched by inode, so other
- *    programs' connections are not counted), minus its backends for those clients whose
- *    process title says they are serving (idle or running a statement): what remains is in
- *    the accept queue, being forked, authenticated or started, or being refused. leash's own count
- * of connects in flight is shown beside it.
+ *    was setting up at once while the pool came back; from the server listening again, the
+ *    time until the first and until every thread had a request served, and the ramp between
+ *    the two (the first depends on where the backoff probe falls: up to connect_backoff_ms);
+ *    the connects that failed after it listened (refused while it was still starting up).
+ *    "Setting up" is counted on the server's side, every millisecond: connections in its
+ *    accept queue (the listening socket's queue in /proc/net/tcp) plus its backends (children
+ *    of the postmaster) not yet serving: just forked, or titled initializing, authentication
+ *    or startup. The storm's pools use database postgres, so their backends are told apart
+ *    from the test suites' (database leash) by title; a backend that has not read its
+ *    startup packet yet cannot be told apart and is counted whoever it is for. leash's own
+ *    count of connects in flight is shown beside it.
  * 2. Outage: the postmaster paused (SIGSTOP: every new connection waits in its queue, as for
  *    a server that stopped answering) for 5 s; two empty pools side by side, the default
  *    (fail-fast once two connects failed) and connect_backoff_ms = -1 (no fail-fast), 8
@@ -23,7 +26,6 @@
  * moment see the outage too. */
 #include <leash/pg.h>
 
-#include <dirent.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -39,8 +41,10 @@
 #define LEASH_SOURCE_ROOT "."
 #endif
 #define PORT 15432
+/* Database postgres (not leash, which the test suites use): the storm's backends are the ones
+ * whose process title says "leash postgres". */
 #define CONNINFO                                                                                   \
-    "host=127.0.0.1 port=15432 dbname=leash user=leash password=leash-pg-pw connect_timeout=2"
+    "host=127.0.0.1 port=15432 dbname=postgres user=leash password=leash-pg-pw connect_timeout=2"
 #define STORM_THREADS 64
 #define OUTAGE_THREADS 8
 
@@ -89,65 +93,31 @@ static long postmaster_pid(void)
 
 /* ---- what the server is doing ---- */
 
-static int cmp_ul(const void *a, const void *b)
+/* The server's listening socket: -1 if there is none, else how many connections wait in its
+ * accept queue (the rx_queue of a LISTEN row of /proc/net/tcp). */
+static int accept_queue(void)
 {
-    unsigned long x = *(const unsigned long *)a, y = *(const unsigned long *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* Reads /proc/net/tcp: mine[port] = 1 for the client ports of this process's TCP sockets to
- * PORT; *listening when the server's listening socket exists; returns how many of the
- * server's ESTABLISHED sockets have one of ours as client (queued for accept, being set up,
- * or serving). */
-static int scan_tcp(unsigned char *mine, int *listening)
-{
-    static unsigned long ino[16384];
-    static unsigned server_side[65536];
-    int ni = 0, nserver = 0;
-    DIR *d = opendir("/proc/self/fd");
-    struct dirent *e;
-    while (d && (e = readdir(d)) != NULL && ni < 16384) {
-        char path[320], link[64];
-        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
-        ssize_t k = readlink(path, link, sizeof link - 1);
-        if (k <= 0)
-            continue;
-        link[k] = '\0';
-        if (sscanf(link, "socket:[%lu]", &ino[ni]) == 1)
-            ni++;
-    }
-    if (d)
-        closedir(d);
-    qsort(ino, (size_t)ni, sizeof *ino, cmp_ul);
-    memset(mine, 0, 65536);
-    *listening = 0;
     FILE *f = fopen("/proc/net/tcp", "r");
     if (!f)
-        return 0;
+        return -1;
     char line[512];
+    int q = -1;
     while (fgets(line, sizeof line, f)) {
-        unsigned long la, ra, inode;
-        unsigned lp, rp, st;
-        if (sscanf(line, " %*d: %lx:%x %lx:%x %x %*x:%*x %*x:%*x %*x %*u %*u %lu", &la, &lp, &ra,
-                   &rp, &st, &inode) != 6)
-            continue;
-        if (lp == PORT && st == 0x0a)
-            *listening = 1;
-        if (lp == PORT && st == 0x01 && nserver < 65536)
-            server_side[nserver++] = rp;
-        if (rp == PORT && bsearch(&inode, ino, (size_t)ni, sizeof *ino, cmp_ul))
-            mine[lp] = 1;
+        unsigned lp, st, rxq;
+        if (sscanf(line, " %*d: %*x:%x %*x:%*x %x %*x:%x", &lp, &st, &rxq) == 3 && lp == PORT &&
+            st == 0x0a) {
+            q = (int)rxq;
+            break;
+        }
     }
     fclose(f);
-    int n = 0;
-    for (int i = 0; i < nserver; i++)
-        n += mine[server_side[i]];
-    return n;
+    return q;
 }
 
-/* Backends of the postmaster serving one of our ports (set up: idle, or running a
- * statement). */
-static int ready(long pm, const unsigned char *mine)
+/* Backends of the postmaster still setting up a connection: just forked (the postmaster's
+ * own command line, before the startup packet names the user), or titled "leash postgres
+ * ... initializing / authentication / startup". */
+static int setting_up(long pm)
 {
     char path[128];
     snprintf(path, sizeof path, "/proc/%ld/task/%ld/children", pm, pm);
@@ -165,13 +135,13 @@ static int ready(long pm, const unsigned char *mine)
         size_t k = fread(title, 1, sizeof title - 1, c);
         fclose(c);
         title[k] = '\0';
-        const char *at = strstr(title, "127.0.0.1(");
-        if (!at)
+        if (strncmp(title, "postgres: ", 10) != 0) {
+            n++; /* not renamed yet */
             continue;
-        unsigned port = (unsigned)atoi(at + 10);
-        if (port >= 65536 || !mine[port])
-            continue;
-        if (strstr(at, " idle") || strstr(at, " SELECT") || strstr(at, " active"))
+        }
+        const char *at = strstr(title, "postgres: leash postgres ");
+        if (at &&
+            (strstr(at, "initializing") || strstr(at, "authentication") || strstr(at, "startup")))
             n++;
     }
     fclose(f);
@@ -189,17 +159,13 @@ struct sampler {
 static void *sampler_main(void *arg)
 {
     struct sampler *s = arg;
-    unsigned char *mine = malloc(65536);
     while (!atomic_load(&s->stop)) {
-        int listening;
-        int established = scan_tcp(mine, &listening);
-        if (listening && !atomic_load(&s->listen_us))
+        int queued = accept_queue();
+        if (queued >= 0 && !atomic_load(&s->listen_us))
             atomic_store(&s->listen_us, now_us());
-        long pm = listening ? postmaster_pid() : -1;
+        long pm = queued >= 0 ? postmaster_pid() : -1;
         if (pm > 0) {
-            /* connections the server holds for us that are not serving yet: in its accept
-             * queue, being forked, authenticated, started, or refused */
-            int n = established - ready(pm, mine);
+            int n = queued + setting_up(pm);
             if (n > s->peak_server)
                 s->peak_server = n;
         }
@@ -208,7 +174,6 @@ static void *sampler_main(void *arg)
             s->peak_client = (int)st.connecting;
         sleep_ms(1);
     }
-    free(mine);
     return NULL;
 }
 
@@ -260,6 +225,7 @@ static void *worker_main(void *arg)
 
 struct storm {
     int peak_server, peak_client;
+    long failed_connects; /* connects that failed after the server listened again */
     double all_back_s, first_back_s;
     long failed;
     int ok;
@@ -309,6 +275,8 @@ static struct storm restart_storm(int max_connecting)
     /* from the moment the server listened (the sampler saw it) */
     uint64_t listen = atomic_load(&s.listen_us);
     atomic_store(&from, listen ? listen : now_us());
+    leash_pool_stats at_start;
+    leash_pool_stats_get(p, &at_start);
     uint64_t end = now_us() + 10000000u, last = 0, first = UINT64_MAX;
     for (;;) {
         int all = 1;
@@ -338,6 +306,9 @@ static struct storm restart_storm(int max_connecting)
     uint64_t f = atomic_load(&from);
     r.all_back_s = r.ok ? (double)(last - f) / 1e6 : -1;
     r.first_back_s = first != UINT64_MAX ? (double)(first - f) / 1e6 : -1;
+    leash_pool_stats at_end;
+    leash_pool_stats_get(p, &at_end);
+    r.failed_connects = (long)(at_end.connect_failures - at_start.connect_failures);
     r.peak_server = s.peak_server;
     r.peak_client = s.peak_client;
     leash_pool_close(p);
@@ -443,18 +414,19 @@ int main(void)
     outage(&fast, &slow);
     printf("bench-outage: PostgreSQL, 64 threads on a pool of 64, server stopped 1 s and "
            "started\n");
-    printf("%-28s %14s %14s %14s %14s\n", "restart storm", "server setups", "leash in", "first",
-           "all 64");
-    printf("%-28s %14s %14s %14s %14s\n", "", "at once (peak)", "flight (peak)", "served (s)",
-           "served (s)");
+    printf("%-27s %14s %13s %10s %10s %10s %8s\n", "restart storm", "server setups", "leash in",
+           "first", "all 64", "ramp", "failed");
+    printf("%-27s %14s %13s %10s %10s %10s %8s\n", "", "at once (peak)", "flight (peak)",
+           "served (s)", "served (s)", "(s)", "connects");
     struct {
         const char *name;
         struct storm *s;
     } rows[] = {{"max_connecting 2 (default)", &def}, {"max_connecting 1000", &unl}};
     for (int i = 0; i < 2; i++)
-        printf("%-28s %14d %14d %14.3f %14.3f%s\n", rows[i].name, rows[i].s->peak_server,
-               rows[i].s->peak_client, rows[i].s->first_back_s, rows[i].s->all_back_s,
-               rows[i].s->ok ? "" : "  (not all served within 10 s)");
+        printf("%-27s %14d %13d %10.3f %10.3f %10.3f %8ld%s\n", rows[i].name,
+               rows[i].s->peak_server, rows[i].s->peak_client, rows[i].s->first_back_s,
+               rows[i].s->all_back_s, rows[i].s->all_back_s - rows[i].s->first_back_s,
+               rows[i].s->failed_connects, rows[i].s->ok ? "" : "  (not all served within 10 s)");
     printf("\noutage: postmaster paused 5 s (failing acquires from 1.5 s on), 8 threads per "
            "pool, connect_timeout 1 s, acquire_timeout_ms 1000 (default)\n");
     printf("%-28s %10s %12s %12s\n", "failing acquire", "samples", "p50 (ms)", "p99 (ms)");
