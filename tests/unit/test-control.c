@@ -506,19 +506,22 @@ static void test_resize_grow_serves_queue_in_order(void **state)
     leash_pool_options o = {.max_size = 2, .max_connecting = 1};
     leash_pool *p = leash_pool_open("ctl-grow", &fake_adapter, "fake://h", &o);
     leash_handle *m1 = take(p), *m2 = take(p);
-    fake_connect_delay_ms = 30;
+    fake_connect_delay_ms = 80;
     struct order ord = {.mu = PTHREAD_MUTEX_INITIALIZER};
     pthread_t t[6];
     struct waiter_arg args[6];
-    queue_waiters(p, t, args, 6, &ord, 100);
+    /* Every hand-over at least 80 ms after the one before, so the order the threads record
+     * is the order they were served in, even on a busy machine. */
+    queue_waiters(p, t, args, 6, &ord, 1000);
     assert_int_equal(leash_pool_resize(p, 4, -1), LEASH_OK);
     assert_int_equal(stats(p).max_size, 4);
-    /* two new connections for the first two */
+    /* two new connections, one after the other, for the first two */
     assert_true(WAIT_UNTIL(ord.n == 2, 2000));
-    sleep_ms(150); /* waiters 1 and 2 return theirs: 3 and 4 get them */
-    leash_release(&m1);
-    sleep_ms(60);
-    leash_release(&m2);
+    sleep_ms(80);
+    leash_release(&m1); /* to waiter 3 */
+    assert_true(WAIT_UNTIL(ord.n == 3, 2000));
+    sleep_ms(80);
+    leash_release(&m2); /* to waiter 4; 5 and 6 get what 1 and 2 return */
     for (int i = 0; i < 6; i++) {
         pthread_join(t[i], NULL);
         assert_int_equal(args[i].st, LEASH_OK);
@@ -545,11 +548,11 @@ static void test_resize_shrink_with_queue(void **state)
     struct order ord = {.mu = PTHREAD_MUTEX_INITIALIZER};
     pthread_t t[4];
     struct waiter_arg args[4];
-    queue_waiters(p, t, args, 4, &ord, 40);
+    queue_waiters(p, t, args, 4, &ord, 200);
     assert_int_equal(leash_pool_resize(p, 2, -1), LEASH_OK);
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 4; i++) { /* 80 ms apart: the recorded order is the served order */
         leash_release(&m[i]);
-        sleep_ms(20);
+        sleep_ms(80);
     }
     for (int i = 0; i < 4; i++) {
         pthread_join(t[i], NULL);
