@@ -148,11 +148,11 @@ static void check_all(leash_pool *p)
 static void test_bad_input(void **state)
 {
     /* Bad input tried: a NULL pool and a pointer that is not a pool for every call; a closed
-     * pool; resize to max_size 0, -2 and over the limit, min_idle -2 and above max_size
-     * (given, and kept from before); drain with timeout -2; evict_peer with a NULL peer;
-     * retarget to NULL and to a target the adapter refuses, which quotes a password: each
-     * answered with its status and a message, nothing changed, no piece of the password in
-     * the message, the log, the description or a dump. */
+     * pool (every call, check_peer included); resize to max_size 0, -2 and over the limit, min_idle
+     * -2 and above max_size (given, and kept from before); drain with timeout -2; evict_peer with a
+     * NULL peer; retarget to NULL and to a target the adapter refuses, which quotes a password:
+     * each answered with its status and a message, nothing changed, no piece of the password in the
+     * message, the log, the description or a dump. */
     (void)state;
     static _Alignas(64) char junk[8192];
     leash_pool *np = (leash_pool *)junk;
@@ -248,6 +248,9 @@ static void test_bad_input(void **state)
     assert_non_null(strstr(leash_last_error(), "closed"));
     assert_int_equal(stats(p).max_size, 4);
     check_all(p);
+    /* like evict_peer: a closed pool is an error, not "0 connections to check" */
+    assert_int_equal(leash_pool_check_peer(p, NULL), -1);
+    assert_int_equal(leash_last_status(), LEASH_ECLOSED);
 }
 
 /* ---- evict ---- */
