@@ -39,6 +39,16 @@ static inline uint64_t leash__clock_raw(void)
     return leash__mono_ns();
 }
 
+/* ns in raw units (for comparisons on the fast path without a conversion). */
+static inline uint64_t leash__clock_from_ns(uint64_t ns)
+{
+    uint64_t m = atomic_load_explicit(&leash__clock_mult, memory_order_relaxed);
+    if (!m)
+        return ns;
+    leash__u128 r = ((leash__u128)ns << 32) / m;
+    return r > UINT64_MAX ? UINT64_MAX : (uint64_t)r;
+}
+
 /* Nanoseconds between two raw readings (0 if b is before a). */
 static inline uint64_t leash__clock_ns(uint64_t a, uint64_t b)
 {

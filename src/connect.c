@@ -20,6 +20,9 @@ struct job {
     struct leash_pool *pool;
     struct leash_handle *slot;
     struct leash_waiter *requester; /* under the pool lock */
+    /* a keepalive job: idle slots (owned by the job) to validate */
+    uint32_t nchecks;
+    struct leash_handle *checks[];
 };
 
 /* Every job thread not yet joined. Lock order: a pool's lock, then jobs_lock. */
@@ -181,8 +184,10 @@ static void *job_main(void *arg)
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
 
-    const struct leash_target *t = pool_target(p);
+    /* The epoch first: a retarget between the two loads then tags the old target's
+     * connection with the old epoch, and it is retired when it lands. */
     uint64_t epoch = atomic_load(&p->evict_epoch);
+    const struct leash_target *t = pool_target(p);
     char err[256] = "";
     uint64_t t0 = leash__clock_raw();
     void *c = p->adapter->connect(p->ctx, t->target, err, sizeof err);
@@ -217,7 +222,8 @@ static void *job_main(void *arg)
                               memory_order_relaxed);
         atomic_store_explicit(&s->idle_limit, jitter_locked(p, p->idle_ns), memory_order_relaxed);
         atomic_store_explicit(&s->broken, 0, memory_order_relaxed);
-        atomic_store_explicit(&s->idle_since, tk, memory_order_relaxed);
+        atomic_store_explicit(&s->idle_since, leash__clock_raw(), memory_order_relaxed);
+        atomic_store_explicit(&s->checked_ns, 0, memory_order_relaxed);
         if (atomic_load(&p->closed) || atomic_load(&p->draining)) {
             why = GONE_CLOSED;
         } else if (atomic_load(&p->evict_epoch) != epoch) {
@@ -253,6 +259,75 @@ static void *job_main(void *arg)
         hb->hooks.on_connect(p, took, c ? LEASH_OK : LEASH_ECONNECT, hb->arg);
     job_done(j);
     return NULL;
+}
+
+/* Keepalive: validates the job's idle slots one by one, each back on the stack as soon as it
+ * passes, so the maintenance thread (and the pools' clock it keeps) never waits on a slow
+ * server. */
+static void *check_main(void *arg)
+{
+    struct job *j = arg;
+    struct leash_pool *p = j->pool;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    for (uint32_t i = 0; i < j->nchecks; i++) {
+        struct leash_handle *s = j->checks[i];
+        count(&p->keepalives);
+        atomic_store(&s->recheck, 0);
+        int why = -1;
+        if (p->adapter->validate(p->ctx, s->conn) != 0) {
+            count(&p->validation_failures);
+            why = GONE_INVALID;
+        } else if (atomic_load(&s->retire)) {
+            why = atomic_load(&s->retire) - 1; /* evicted while it was checked */
+        } else if (ld(&s->conn_epoch) != ld(&p->evict_epoch)) {
+            why = GONE_EVICTED;
+        } else if (atomic_load(&p->closed)) {
+            why = GONE_CLOSED;
+        }
+        if (why >= 0) {
+            leash__retire(p, s, why);
+        } else {
+            /* Checked, not used: its idle time (for idle_timeout_ms) goes on. */
+            atomic_store_explicit(&s->checked_ns, leash__clock_raw(), memory_order_relaxed);
+            leash__push_idle(p, s);
+        }
+        atomic_fetch_sub(&p->checking, 1);
+    }
+    if (atomic_load(&p->closed))
+        leash__pool_destroy_orphans(p);
+    atomic_store(&p->checking, 0);
+    if (atomic_load(&p->min_idle))
+        leash__maintenance_nudge(); /* replace what failed */
+    job_done(j);
+    return NULL;
+}
+
+int leash__check_start(struct leash_pool *p, struct leash_handle **v, uint32_t n)
+{
+    struct job *j = leash__calloc(1, sizeof *j + sizeof j->checks[0] * n);
+    if (j) {
+        j->pool = p;
+        j->nchecks = n;
+        memcpy(j->checks, v, sizeof v[0] * n);
+        atomic_store(&p->checking, (int)n);
+        pthread_mutex_lock(&jobs_lock);
+        int rc = pthread_create(&j->thread, NULL, check_main, j);
+        if (rc == 0) {
+            j->next = jobs;
+            jobs = j;
+        }
+        pthread_mutex_unlock(&jobs_lock);
+        if (rc == 0)
+            return 0;
+        atomic_store(&p->checking, 0);
+        leash__free(j);
+    }
+    /* No thread: the connections go back unchecked, to be checked at a later tick. */
+    for (uint32_t i = n; i-- > 0;)
+        leash__push_idle(p, v[i]);
+    return -1;
 }
 
 int leash__connect_start_locked(struct leash_pool *p, struct leash_waiter *requester)

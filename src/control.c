@@ -120,23 +120,33 @@ leash_status leash_pool_retarget(leash_pool *p, const char *target)
                            p->name);
     if (atomic_load(&p->closed))
         return leash__fail(LEASH_ECLOSED, "leash_pool_retarget: pool \"%s\" is closed", p->name);
+    /* Everything that can fail for want of memory first: once the adapter has taken the
+     * target, nothing may refuse it. */
+    struct leash_target *t = leash__target_new(p, target);
+    if (!t)
+        return leash__fail(LEASH_ENOMEM, "pool \"%s\": out of memory", p->name);
     if (p->adapter->retarget) {
         char err[256] = "";
         if (p->adapter->retarget(p->ctx, target, err, sizeof err) != 0) {
             char clean[256];
             leash__redact(err[0] ? err : "the adapter refused it", clean, sizeof clean);
+            leash__free(t->target);
+            leash__free(t);
             return leash__fail(LEASH_EINVAL, "pool \"%s\": new target refused: %s", p->name,
                                clean);
         }
     }
-    struct leash_target *t = leash__target_new(p, target);
-    if (!t)
-        return leash__fail(LEASH_ENOMEM, "pool \"%s\": out of memory", p->name);
     pthread_mutex_lock(&p->lock);
     t->prev = atomic_load(&p->target);
     /* release: pairs with the acquire in pool_target (connect jobs, dumps) */
     atomic_store_explicit(&p->target, t, memory_order_release);
+    /* A new backend: whatever the old one's state, the next borrower tries it at once. */
     p->last_error[0] = '\0';
+    atomic_store(&p->consecutive_failures, 0);
+    atomic_store(&p->down_since_ns, 0);
+    p->next_attempt_ns = 0;
+    p->backoff_ns = 0;
+    leash__wake_all_locked(p);
     pthread_mutex_unlock(&p->lock);
     leash__log(LEASH_LOG_INFO, "pool \"%s\": new target %s", p->name, t->desc);
     leash_pool_evict(p);
@@ -170,6 +180,17 @@ leash_status leash_pool_resize(leash_pool *p, int max_size, int min_idle)
     return st;
 }
 
+/* Slots between owners (RETURNING): being lent, checked or given back. */
+static int in_transit(struct leash_pool *p)
+{
+    FOR_EACH_SLOT(p, s)
+    {
+        if (w_state(atomic_load(&s->word)) == SLOT_RETURNING) /* seq_cst: see pool.c */
+            return 1;
+    }
+    return 0;
+}
+
 leash_status leash_pool_drain(leash_pool *p, int timeout_ms)
 {
     if (!pool_arg(p, "leash_pool_drain"))
@@ -184,7 +205,9 @@ leash_status leash_pool_drain(leash_pool *p, int timeout_ms)
     pthread_mutex_unlock(&p->lock);
     uint64_t deadline = timeout_ms < 0 ? UINT64_MAX
                                        : leash__mono_ns() + (uint64_t)timeout_ms * 1000000u;
-    while (leash__pool_in_use(p) > 0 && leash__mono_ns() < deadline) {
+    /* Held handles, and slots being lent or returned right now (an acquire that took one
+     * before it saw draining gives it back; see refuse_draining in pool.c). */
+    while ((leash__pool_in_use(p) > 0 || in_transit(p)) && leash__mono_ns() < deadline) {
         struct timespec ts = {0, 2000000};
         nanosleep(&ts, NULL);
     }
@@ -210,6 +233,20 @@ leash_status leash_pool_health(leash_pool *p)
         char msg[600];
         leash__down_message(p, msg, sizeof msg);
         return leash__fail(LEASH_ECONNECT, "%s", msg);
+    }
+    /* Without fail-fast (connect_backoff_ms -1) the pool is never "down", but a probe must
+     * still see a backend that refuses every connect. */
+    uint32_t failed = atomic_load(&p->consecutive_failures);
+    if (failed >= 2) {
+        char last[sizeof p->last_error];
+        pthread_mutex_lock(&p->lock);
+        memcpy(last, p->last_error, sizeof last);
+        pthread_mutex_unlock(&p->lock);
+        return leash__fail(LEASH_ECONNECT,
+                           "pool \"%s\" (%s): backend %s: the last %u connect attempts failed; "
+                           "last error: %s",
+                           p->name, p->adapter->kind, pool_target(p)->desc, failed,
+                           last[0] ? last : "?");
     }
     return LEASH_OK;
 }

@@ -48,6 +48,7 @@ struct leash_site {
     _Atomic uint64_t acquired, timeouts, wait_total, wait_max, hold_total, hold_max;
     _Atomic uint64_t n[PROB_KINDS];
     _Atomic uint64_t base[PROB_KINDS]; /* at the last text dump */
+    _Atomic uint64_t shown[3]; /* acquired, wait and hold totals last reported (kept monotonic) */
 };
 
 struct leash_waiter {
@@ -68,11 +69,8 @@ struct leash_waiter {
     X(rejected)                                                                                    \
     X(connect_failures)                                                                            \
     X(validation_failures)                                                                         \
-    X(discarded)                                                                                   \
     X(dirty_returns)                                                                               \
-    X(leaks_reclaimed)                                                                             \
     X(leaks_suspected)                                                                             \
-    X(leaks_at_close)                                                                              \
     X(returned_late)                                                                               \
     X(misuse)                                                                                      \
     X(fast_failures)                                                                               \
@@ -109,6 +107,7 @@ struct leash_pool {
     _Atomic int min_idle;
     int timeout_ms, max_waiters, max_connecting;
     uint64_t idle_ns, lifetime_ns, validate_ns, leak_ns, keepalive_ns, backoff_max_ns;
+    uint64_t validate_raw; /* validate_ns in the exact clock's raw units */
 
     _Atomic uint64_t head; /* idle stack: (tag << 16) | (index + 1) */
     _Atomic int nwaiters;
@@ -120,6 +119,7 @@ struct leash_pool {
     _Atomic uint32_t size;       /* slots not EMPTY; written under lock */
     _Atomic uint32_t connecting; /* connect jobs in flight; written under lock */
     _Atomic uint64_t evict_epoch;
+    _Atomic int checking; /* idle connections a keepalive job is checking (0: none runs) */
 
     /* the backend's state: written under lock, read lock-free by stats and health */
     _Atomic uint32_t consecutive_failures;
@@ -145,6 +145,7 @@ struct leash_pool {
     struct leash_hooks_box *hooks_parked; /* under lock: sets removed by a NULL set */
 
     struct leash_site sites[LEASH_SITES + 1];
+    _Atomic uint64_t site_seq; /* odd while a slot folds its per-site numbers into the table */
 
     /* the text dump's baseline ("changed since the last dump") */
     _Atomic int base_valid;
@@ -212,6 +213,8 @@ int leash__unregister_pool(struct leash_pool *p);
 
 /* ---- pools (lifecycle.c) ---- */
 void leash__pool_free(struct leash_pool *p);
+/* At shutdown, before the pools are freed: destroys every connection still in p. */
+void leash__pool_drop_all(struct leash_pool *p);
 void leash__pool_fixup_child(struct leash_pool *p);
 void leash__pool_maintain(struct leash_pool *p, uint64_t now);
 void leash__pool_destroy_orphans(struct leash_pool *p);
@@ -231,6 +234,7 @@ void leash__count_problem(struct leash_pool *p, const char *file, int line, cons
 /* Site i's numbers (table + slots' accumulators). Async-signal-safe. */
 void leash__site_get(struct leash_pool *p, uint32_t i, leash_site_stats *out);
 int leash__site_used(struct leash_pool *p, uint32_t i);
+int leash__site_same(struct leash_pool *p, uint32_t i, uint32_t j);
 /* The used sites' indexes, most acquired first (idx, acq: LEASH_SITES + 1 each). AS-safe. */
 int leash__sites_sorted(struct leash_pool *p, uint32_t *idx, uint64_t *acq);
 /* Adds s's per-site accumulators to the site table and clears them (s's owner). */

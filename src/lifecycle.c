@@ -73,6 +73,7 @@ static leash_status resolve_options(struct leash_pool *p, const leash_pool_optio
     p->idle_ns = (uint64_t)d.idle_timeout_ms * 1000000u;
     p->lifetime_ns = (uint64_t)d.max_lifetime_ms * 1000000u;
     p->validate_ns = (uint64_t)d.validate_idle_ms * 1000000u;
+    p->validate_raw = leash__clock_from_ns(p->validate_ns);
     p->leak_ns = (uint64_t)d.leak_threshold_ms * 1000000u;
     p->keepalive_ns = d.keepalive_ms < 0 ? 0 : (uint64_t)d.keepalive_ms * 1000000u;
     p->backoff_max_ns = d.connect_backoff_ms < 0 ? 0 : (uint64_t)d.connect_backoff_ms * 1000000u;
@@ -295,10 +296,9 @@ void leash_pool_close(leash_pool *p)
             uint64_t held = leash__clock_ns(ld(&s->since), now);
             atomic_fetch_add_explicit(&s->hold_ns_total, held, memory_order_relaxed);
             count_max(&s->hold_ns_max, held);
-            int hb = leash__hist_bucket(held);
-            if (hb != 0) /* bucket 0 is derived */
-                atomic_fetch_add_explicit(&s->hist_hold[hb], 1, memory_order_relaxed);
-            count(&p->leaks_at_close);
+            atomic_fetch_add_explicit(&s->hist_hold[leash__hist_bucket(held)], 1,
+                                      memory_order_relaxed);
+            atomic_fetch_add_explicit(&s->n_at_close, 1, memory_order_release);
             leash__count_problem(p, atomic_load_explicit(&s->file, memory_order_relaxed),
                                  atomic_load_explicit(&s->line, memory_order_relaxed),
                                  atomic_load_explicit(&s->func, memory_order_relaxed),
@@ -312,6 +312,15 @@ void leash_pool_close(leash_pool *p)
         leash__report_held(leash__dump_fd(), p, "still borrowed when the pool closed");
         leash__log(LEASH_LOG_WARN, "pool \"%s\" closed with %u %s still borrowed (leaks_at_close)",
                    p->name, orphaned, orphaned == 1 ? "handle" : "handles");
+    }
+}
+
+void leash__pool_drop_all(struct leash_pool *p)
+{
+    FOR_EACH_SLOT(p, s)
+    {
+        if (s->conn)
+            leash__drop_conn(p, s, GONE_CLOSED);
     }
 }
 
@@ -373,7 +382,12 @@ void leash__pool_fixup_child(struct leash_pool *p)
             continue;
         if (st == SLOT_HELD) {
             atomic_store(&s->pre_fork, w_borrow(w));
-            count(&p->discarded); /* the borrow ends here (acquired stays balanced) */
+            /* The borrow ends here, as a discard, with its hold observed. */
+            uint64_t held = leash__clock_ns(ld(&s->since), leash__clock_raw());
+            atomic_fetch_add(&s->hold_ns_total, held);
+            count_max(&s->hold_ns_max, held);
+            atomic_fetch_add(&s->hist_hold[leash__hist_bucket(held)], 1);
+            atomic_fetch_add(&s->n_discarded, 1);
         }
         if (st == SLOT_CONNECTING)
             s->conn = NULL; /* the parent's connect thread owns whatever it makes */
@@ -434,11 +448,15 @@ static int idle_verdict(struct leash_pool *p, struct leash_handle *s, uint64_t n
         (*size)--;
         return DROP_SURPLUS;
     }
-    uint64_t idle = now - ld(&s->idle_since);
+    /* Idle time on the exact clock (a connection returned after this pass began is 0 idle) */
+    uint64_t raw = leash__clock_raw();
+    uint64_t idle = leash__clock_ns(ld(&s->idle_since), raw);
     if (idle > ld(&s->idle_limit) && kept >= (uint32_t)atomic_load(&p->min_idle))
         return DROP_IDLE;
     if (p->adapter->validate &&
-        ((p->keepalive_ns && idle > p->keepalive_ns) || atomic_load(&s->recheck)))
+        ((p->keepalive_ns && idle > p->keepalive_ns &&
+          leash__clock_ns(ld(&s->checked_ns), raw) > p->keepalive_ns) ||
+         atomic_load(&s->recheck)))
         return CHECK;
     return KEEP;
 }
@@ -465,45 +483,40 @@ static void tend_idle(struct leash_pool *p, uint64_t now)
         size <= atomic_load(&p->nslots))
         return;
     uint32_t cap = slots_allocated(p);
-    struct leash_handle **v = leash__malloc(sizeof *v * cap * 2);
+    struct leash_handle **v = leash__malloc(sizeof *v * cap * 3);
     if (!v)
         return;
-    struct leash_handle **gone = v + cap;
-    uint32_t ngone = 0, kept = 0;
+    struct leash_handle **gone = v + cap, **check = v + 2 * cap;
+    uint32_t ngone = 0, kept = 0, nchecks = 0;
     uint32_t n = take_all_idle(p, v); /* newest first */
     size = atomic_load(&p->size);
     for (uint32_t i = 0; i < n; i++) {
         struct leash_handle *s = v[i];
         int verdict = idle_verdict(p, s, now, kept, &size);
-        if (verdict == CHECK) {
-            count(&p->keepalives);
-            atomic_store(&s->recheck, 0);
-            if (p->adapter->validate(p->ctx, s->conn) != 0) {
-                count(&p->validation_failures);
-                atomic_store(&s->retire, 1 + GONE_INVALID);
-                verdict = DROP_RETIRED;
-            } else {
-                atomic_store_explicit(&s->idle_since, tick(), memory_order_relaxed);
-                verdict = KEEP;
-            }
-        }
+        if (verdict == CHECK && atomic_load(&p->checking))
+            verdict = KEEP; /* one keepalive job per pool at a time */
         if (verdict == KEEP) {
             v[kept++] = s;
-            continue;
+        } else if (verdict == CHECK) {
+            check[nchecks++] = s;
+        } else {
+            int why = verdict == DROP_IDLE       ? GONE_IDLE
+                      : verdict == DROP_LIFETIME ? GONE_LIFETIME
+                      : verdict == DROP_SURPLUS  ? GONE_EVICTED
+                      : atomic_load(&s->retire)  ? atomic_load(&s->retire) - 1
+                                                 : GONE_EVICTED;
+            leash__drop_conn(p, s, why);
+            gone[ngone++] = s;
         }
-        int why = verdict == DROP_IDLE       ? GONE_IDLE
-                  : verdict == DROP_LIFETIME ? GONE_LIFETIME
-                  : verdict == DROP_SURPLUS  ? GONE_EVICTED
-                  : atomic_load(&s->retire)  ? atomic_load(&s->retire) - 1
-                                             : GONE_EVICTED;
-        leash__drop_conn(p, s, why);
-        gone[ngone++] = s;
     }
-    /* Back on the stack, oldest first so the newest stays on top (LIFO kept). */
+    /* The ones kept go back at once, oldest first so the newest stays on top (LIFO): only
+     * the ones being checked are off the stack while the (possibly slow) checks run. */
     for (uint32_t i = kept; i-- > 0;)
         leash__push_idle(p, v[i]);
     if (ngone)
         destroy_all(p, gone, ngone, GONE_CLOSED); /* connections already dropped above */
+    if (nchecks)
+        leash__check_start(p, check, nchecks);
     leash__free(v);
 }
 
@@ -514,6 +527,7 @@ static void refill(struct leash_pool *p)
     uint32_t idle = 0;
     FOR_EACH_SLOT(p, s)
     idle += is_idle_state(slot_state(s));
+    idle += (uint32_t)atomic_load(&p->checking); /* idle, only being checked */
     uint32_t want = (uint32_t)atomic_load(&p->min_idle);
     uint32_t coming = atomic_load(&p->connecting);
     while (idle + coming < want && !p->wait_head) {

@@ -498,6 +498,10 @@ void leash_shutdown(void)
      * no thread of leash's outlives shutdown. They see their pool closed and drop what
      * they made. */
     leash__connect_reap(1);
+    /* Connections still out (borrowed when their pool closed) go now, without the manager
+     * lock: an on_destroy hook may call leash. */
+    for (struct leash_pool *q = atomic_load(&leash__pools); q; q = atomic_load(&q->next_all))
+        leash__pool_drop_all(q);
     pthread_mutex_lock(&g.lock);
     if (g.stats_signal > 0)
         sigaction(g.stats_signal, &g.old_action, NULL);

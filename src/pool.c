@@ -59,11 +59,9 @@ static inline __attribute__((always_inline)) leash_handle *lend(struct leash_poo
         atomic_store_explicit(&s->acc_site, site, memory_order_relaxed);
     }
     own_inc(&s->acc_acquired, 1);
-    /* Bucket 0 is not counted: it is every borrow no other bucket has (the dumps derive it),
-     * so the common borrow that waited not at all writes nothing here. */
-    int wb = leash__hist_bucket(wait_ns);
-    if (LEASH_UNLIKELY(wb != 0))
-        own_inc(&s->hist_wait[wb], 1);
+    /* Every bucket counted where it happens, so each is monotonic on its own and _count
+     * (their sum) too. */
+    own_inc(&s->hist_wait[leash__hist_bucket(wait_ns)], 1);
     if (wait_ns) {
         own_inc(&s->acc_wait_total, wait_ns);
         own_max(&s->acc_wait_max, wait_ns);
@@ -75,6 +73,9 @@ static inline __attribute__((always_inline)) leash_handle *lend(struct leash_poo
         /* The previous borrow's site, for misuse reports (unchanged while it is the same). */
         atomic_store_explicit(&s->prev_site, cur, memory_order_relaxed);
         atomic_store_explicit(&s->site, site, memory_order_relaxed);
+        atomic_store_explicit(&s->site_since,
+                              w_borrow(atomic_load_explicit(&s->word, memory_order_relaxed)) + 1,
+                              memory_order_relaxed);
     }
     atomic_store_explicit(&s->file, file, memory_order_relaxed);
     atomic_store_explicit(&s->func, func, memory_order_relaxed);
@@ -94,6 +95,7 @@ static inline __attribute__((always_inline)) leash_handle *lend(struct leash_poo
  * old, retired, evicted or fails validation: destroyed, slot freed, 0. */
 static __attribute__((noinline)) int fresh_check(struct leash_pool *p, struct leash_handle *s,
                                                  uint64_t now)
+/* now: the coarse tick (lifetimes); the idle time was judged by the caller */
 {
     int retire = atomic_load_explicit(&s->retire, memory_order_relaxed);
     int why = -1;
@@ -108,6 +110,10 @@ static __attribute__((noinline)) int fresh_check(struct leash_pool *p, struct le
         if (p->adapter->validate(p->ctx, s->conn) != 0) {
             count(&p->validation_failures);
             why = GONE_INVALID;
+        } else if ((retire = atomic_load(&s->retire)) != 0) {
+            why = retire - 1; /* evicted while it was validated */
+        } else if (ld(&s->conn_epoch) != ld(&p->evict_epoch)) {
+            why = GONE_EVICTED;
         }
     }
     if (why < 0)
@@ -116,12 +122,14 @@ static __attribute__((noinline)) int fresh_check(struct leash_pool *p, struct le
     return 0;
 }
 
+/* now: the coarse tick; raw: the exact clock (idle time against validate_idle_ms) */
 static inline __attribute__((always_inline)) int fresh(struct leash_pool *p,
-                                                       struct leash_handle *s, uint64_t now)
+                                                       struct leash_handle *s, uint64_t now,
+                                                       uint64_t raw)
 {
     if (LEASH_LIKELY(!atomic_load_explicit(&s->retire, memory_order_relaxed) &&
                      !atomic_load_explicit(&s->recheck, memory_order_relaxed) &&
-                     now - ld(&s->idle_since) <= p->validate_ns && now < ld(&s->expire_ns) &&
+                     raw - ld(&s->idle_since) <= p->validate_raw && now < ld(&s->expire_ns) &&
                      ld(&s->conn_epoch) == ld(&p->evict_epoch)))
         return 1;
     return fresh_check(p, s, now);
@@ -155,6 +163,28 @@ uint32_t leash__pool_in_use(const struct leash_pool *p)
     FOR_EACH_SLOT(p, s)
     n += w_state(atomic_load_explicit(&s->word, memory_order_relaxed)) == SLOT_HELD;
     return n;
+}
+
+/* The pool started draining (or closed) after this acquire took s: s goes back, and the
+ * acquire fails as if it had come a moment later. Pairs with leash_pool_drain, which sets
+ * draining and then waits for slots being lent or returned (RETURNING) as well as held ones:
+ * the seq_cst load here and the seq_cst CAS that took s order the two. */
+static __attribute__((noinline)) leash_handle *refuse_draining(struct leash_pool *p,
+                                                              struct leash_handle *s)
+{
+    if (atomic_load(&p->closed))
+        leash__retire(p, s, GONE_CLOSED);
+    else
+        leash__push_idle(p, s);
+    leash__fail(LEASH_ECLOSED, "pool \"%s\" is %s", p->name,
+                atomic_load(&p->closed) ? "closed" : "draining");
+    on_acquire(p, NULL, 0, LEASH_ECLOSED);
+    return NULL;
+}
+
+static inline int stopping(struct leash_pool *p)
+{
+    return atomic_load(&p->draining) != 0;
 }
 
 enum { GOT_NOTHING, GOT_IDLE, GOT_NEW };
@@ -277,8 +307,10 @@ static leash_handle *acquire_slow(struct leash_pool *p, int timeout_ms, const ch
         uint64_t t1 = leash__clock_raw();
         uint64_t waited = leash__clock_ns(t0, t1);
         if (st == LEASH_OK) {
-            if (got == GOT_IDLE && !fresh(p, s, tick()))
+            if (got == GOT_IDLE && !fresh(p, s, tick(), t1))
                 continue; /* destroyed: look again, same deadline */
+            if (stopping(p))
+                return refuse_draining(p, s);
             leash_handle *h = lend(p, s, t1, waited, file, line, func);
             on_acquire(p, h, waited, LEASH_OK);
             return h;
@@ -324,9 +356,12 @@ static inline __attribute__((always_inline)) leash_handle *lend_idle(struct leas
                                       int timeout_ms, const char *file, int line,
                                       const char *func)
 {
-    if (LEASH_UNLIKELY(!fresh(p, s, tick())))
+    uint64_t raw = leash__clock_raw();
+    if (LEASH_UNLIKELY(!fresh(p, s, tick(), raw)))
         return acquire_slow(p, timeout_ms, file, line, func);
-    leash_handle *h = lend(p, s, leash__clock_raw(), 0, file, line, func);
+    if (LEASH_UNLIKELY(stopping(p)))
+        return refuse_draining(p, s);
+    leash_handle *h = lend(p, s, raw, 0, file, line, func);
     if (LEASH_UNLIKELY(atomic_load_explicit(&p->hooks, memory_order_relaxed) != NULL))
         on_acquire(p, h, 0, LEASH_OK);
     return h;
@@ -344,9 +379,12 @@ leash_handle *leash_acquire_at(leash_pool *p, int timeout_ms, const char *file, 
                                 timeout_ms);
     fork_check(p);
     if (LEASH_UNLIKELY(atomic_load_explicit(&p->closed, memory_order_relaxed) ||
-                       atomic_load_explicit(&p->draining, memory_order_relaxed)))
-        return leash__fail_null(LEASH_ECLOSED, "pool \"%s\" is %s", p->name,
-                                atomic_load(&p->closed) ? "closed" : "draining");
+                       atomic_load_explicit(&p->draining, memory_order_relaxed))) {
+        leash__fail(LEASH_ECLOSED, "pool \"%s\" is %s", p->name,
+                    atomic_load(&p->closed) ? "closed" : "draining");
+        on_acquire(p, NULL, 0, LEASH_ECLOSED);
+        return NULL;
+    }
     if (!file)
         file = "?";
     if (!func)
@@ -413,7 +451,11 @@ static void misuse(struct leash_handle *s, const leash_handle *h, const char *wh
         func = atomic_load_explicit(&s->func, memory_order_relaxed);
         line = atomic_load_explicit(&s->line, memory_order_relaxed);
     } else if (borrow && h_names(h, borrow - 1)) { /* the one before the current borrow */
-        uint32_t ps = atomic_load_explicit(&s->prev_site, memory_order_relaxed);
+        /* the borrow before the current one was at prev_site if the site changed at the
+         * current borrow, else at the same site */
+        uint32_t ps = ld(&s->site_since) == borrow
+                          ? atomic_load_explicit(&s->prev_site, memory_order_relaxed)
+                          : atomic_load_explicit(&s->site, memory_order_relaxed);
         if (ps < LEASH_SITES) {
             file = atomic_load_explicit(&p->sites[ps].file, memory_order_relaxed);
             func = atomic_load_explicit(&p->sites[ps].func, memory_order_relaxed);
@@ -509,12 +551,11 @@ static void dirty_return(struct leash_pool *p, struct leash_handle *s, int r, in
 static inline __attribute__((always_inline)) void give_back(struct leash_pool *p,
                                                             struct leash_handle *s, int how)
 {
-    uint64_t held = leash__clock_ns(ld(&s->since), leash__clock_raw());
+    uint64_t released_at = leash__clock_raw();
+    uint64_t held = leash__clock_ns(ld(&s->since), released_at);
     own_inc(&s->hold_ns_total, held);
     own_max(&s->hold_ns_max, held);
-    int bucket = leash__hist_bucket(held);
-    if (LEASH_UNLIKELY(bucket != 0)) /* bucket 0 derived, as for waits */
-        own_inc(&s->hist_hold[bucket], 1);
+    own_inc(&s->hist_hold[leash__hist_bucket(held)], 1);
     own_inc(&s->acc_hold_total, held);
     own_max(&s->acc_hold_max, held);
     uint64_t borrow = w_borrow(atomic_load_explicit(&s->word, memory_order_relaxed));
@@ -522,12 +563,12 @@ static inline __attribute__((always_inline)) void give_back(struct leash_pool *p
         count(&p->returned_late);
 
     if (how == END_DISCARD) {
-        count(&p->discarded);
+        own_inc_rel(&s->n_discarded);
         leash__retire(p, s, GONE_BROKEN);
         return;
     }
     if (how == END_RELEASE) {
-        own_inc(&s->released, 1);
+        own_inc_rel(&s->released);
         const struct leash_hooks_box *hb = atomic_load_explicit(&p->hooks, memory_order_relaxed);
         if (LEASH_UNLIKELY(hb != NULL)) {
             hb = pool_hooks(p);
@@ -536,7 +577,7 @@ static inline __attribute__((always_inline)) void give_back(struct leash_pool *p
         }
     } else {
         const char *file = atomic_load_explicit(&s->file, memory_order_relaxed);
-        count(&p->leaks_reclaimed);
+        own_inc_rel(&s->n_reclaimed);
         leash__count_problem(p, file, atomic_load_explicit(&s->line, memory_order_relaxed),
                              atomic_load_explicit(&s->func, memory_order_relaxed),
                              PROB_RECLAIMED);
@@ -568,7 +609,7 @@ static inline __attribute__((always_inline)) void give_back(struct leash_pool *p
             }
         }
     }
-    atomic_store_explicit(&s->idle_since, tick(), memory_order_relaxed);
+    atomic_store_explicit(&s->idle_since, released_at, memory_order_relaxed);
     if (LEASH_LIKELY(atomic_load_explicit(&p->nwaiters, memory_order_relaxed) == 0))
         cache_put(p, s);
     else

@@ -37,8 +37,11 @@ static inline struct leash_handle *stack_pop(struct leash_pool *p)
         uint32_t next = atomic_load_explicit(&s->next, memory_order_relaxed);
         if (atomic_compare_exchange_weak_explicit(&p->head, &old, STACK_NEXT(old, next),
                                                   memory_order_acquire, memory_order_acquire)) {
-            /* IDLE -> RETURNING: we own it now (nobody else can reach it off the stack) */
-            slot_set(s, SLOT_RETURNING);
+            /* IDLE -> RETURNING: we own it now (nobody else can reach it off the stack).
+             * seq_cst: ordered with the draining flag, as slot_cas */
+            uint64_t w = atomic_load_explicit(&s->word, memory_order_relaxed);
+            atomic_store_explicit(&s->word, w_make(w_borrow(w), SLOT_RETURNING),
+                                  memory_order_seq_cst);
             return s;
         }
     }
@@ -106,6 +109,9 @@ void leash__wait_kick_locked(struct leash_pool *p);
  * connect started, 0 if not allowed now, -1 if it could not start (recorded; the requester's
  * error is set). */
 int leash__connect_start_locked(struct leash_pool *p, struct leash_waiter *requester);
+/* Starts a keepalive job for the n idle slots of v (owned by the caller, then by the job).
+ * Pool lock not held. 0, or -1 if no job could start (the slots went back on the stack). */
+int leash__check_start(struct leash_pool *p, struct leash_handle **v, uint32_t n);
 /* The waiter leaves: its connect, if still running, no longer reports to it. Pool lock held. */
 void leash__connect_orphan_locked(struct leash_pool *p, struct leash_waiter *w);
 /* The pool is down: two connects in a row failed and backoff is on. */

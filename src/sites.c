@@ -58,6 +58,9 @@ void leash__site_flush(struct leash_pool *p, struct leash_handle *s)
     if (i > LEASH_SITE_OTHER)
         return;
     struct leash_site *e = &p->sites[i];
+    /* A sequence around the move, so a reader never counts the numbers twice (in the table
+     * and still in the slot) or not at all. Rare: only when a slot changes site. */
+    atomic_fetch_add_explicit(&p->site_seq, 1, memory_order_acq_rel);
     atomic_fetch_add_explicit(&e->acquired, ld(&s->acc_acquired), memory_order_relaxed);
     atomic_fetch_add_explicit(&e->wait_total, ld(&s->acc_wait_total), memory_order_relaxed);
     atomic_fetch_add_explicit(&e->hold_total, ld(&s->acc_hold_total), memory_order_relaxed);
@@ -68,10 +71,34 @@ void leash__site_flush(struct leash_pool *p, struct leash_handle *s)
     atomic_store_explicit(&s->acc_hold_total, 0, memory_order_relaxed);
     atomic_store_explicit(&s->acc_wait_max, 0, memory_order_relaxed);
     atomic_store_explicit(&s->acc_hold_max, 0, memory_order_relaxed);
+    /* release: pairs with the acquire re-read in leash__site_get */
+    atomic_fetch_add_explicit(&p->site_seq, 1, memory_order_release);
 }
 
-/* Site i's numbers: the table plus what slots still accumulate for it. Async-signal-safe. */
-void leash__site_get(struct leash_pool *p, uint32_t i, leash_site_stats *out)
+/* Entries i and j name the same site: the same line of files with the same name (a header
+ * included from several files has one __FILE__ string per includer). The other-sites entry is
+ * only ever itself. Async-signal-safe. */
+int leash__site_same(struct leash_pool *p, uint32_t i, uint32_t j)
+{
+    if (i == j)
+        return 1;
+    if (i == LEASH_SITE_OTHER || j == LEASH_SITE_OTHER)
+        return 0;
+    struct leash_site *a = &p->sites[i], *b = &p->sites[j];
+    if (!atomic_load_explicit(&a->ready, memory_order_acquire) ||
+        !atomic_load_explicit(&b->ready, memory_order_acquire))
+        return 0;
+    const char *fa = atomic_load_explicit(&a->file, memory_order_relaxed);
+    const char *fb = atomic_load_explicit(&b->file, memory_order_relaxed);
+    return atomic_load_explicit(&a->line, memory_order_relaxed) ==
+               atomic_load_explicit(&b->line, memory_order_relaxed) &&
+           (fa == fb || (fa && fb && strcmp(fa, fb) == 0));
+}
+
+static void site_get_all(struct leash_pool *p, uint32_t i, leash_site_stats *out);
+
+/* Entry i alone. */
+static void site_get_one(struct leash_pool *p, uint32_t i, leash_site_stats *out)
 {
     struct leash_site *e = &p->sites[i];
     memset(out, 0, sizeof *out);
@@ -110,6 +137,63 @@ void leash__site_get(struct leash_pool *p, uint32_t i, leash_site_stats *out)
 }
 
 /* Site i is in use. */
+/* Site i's numbers: the table plus what slots still accumulate for it, summed over every
+ * entry that names the same site. Async-signal-safe. */
+void leash__site_get(struct leash_pool *p, uint32_t i, leash_site_stats *out)
+{
+    for (int tries = 0;; tries++) {
+        uint64_t seq = atomic_load_explicit(&p->site_seq, memory_order_acquire);
+        site_get_all(p, i, out);
+        atomic_thread_fence(memory_order_acquire);
+        if ((!(seq & 1) && atomic_load_explicit(&p->site_seq, memory_order_relaxed) == seq) ||
+            tries == 64)
+            break;
+    }
+    /* Counters never go back, even when slots kept changing site through every try: a value
+     * below one reported before is reported as that one. */
+    struct leash_site *e = &p->sites[i];
+    uint64_t *v[3] = {&out->acquired, &out->wait_ns_total, &out->hold_ns_total};
+    for (int k = 0; k < 3; k++) {
+        count_max(&e->shown[k], *v[k]);
+        if (*v[k] < ld(&e->shown[k]))
+            *v[k] = ld(&e->shown[k]);
+    }
+}
+
+static void site_get_all(struct leash_pool *p, uint32_t i, leash_site_stats *out)
+{
+    site_get_one(p, i, out);
+    if (i == LEASH_SITE_OTHER)
+        return;
+    for (uint32_t j = 0; j < LEASH_SITES; j++) {
+        if (j == i || !leash__site_same(p, i, j))
+            continue;
+        leash_site_stats more;
+        site_get_one(p, j, &more);
+        out->acquired += more.acquired;
+        out->timeouts += more.timeouts;
+        out->held_now += more.held_now;
+        out->leaks += more.leaks;
+        out->dirty_returns += more.dirty_returns;
+        out->misuse += more.misuse;
+        out->wait_ns_total += more.wait_ns_total;
+        out->hold_ns_total += more.hold_ns_total;
+        if (more.wait_ns_max > out->wait_ns_max)
+            out->wait_ns_max = more.wait_ns_max;
+        if (more.hold_ns_max > out->hold_ns_max)
+            out->hold_ns_max = more.hold_ns_max;
+    }
+}
+
+/* The first entry that names the same site as i (the one the dumps show). */
+static uint32_t site_first(struct leash_pool *p, uint32_t i)
+{
+    for (uint32_t j = 0; j < i && j < LEASH_SITES; j++)
+        if (leash__site_same(p, i, j))
+            return j;
+    return i;
+}
+
 int leash__site_used(struct leash_pool *p, uint32_t i)
 {
     struct leash_site *e = &p->sites[i];
@@ -126,7 +210,7 @@ int leash__sites_sorted(struct leash_pool *p, uint32_t *idx, uint64_t *acq)
 {
     int n = 0;
     for (uint32_t i = 0; i <= LEASH_SITE_OTHER; i++) {
-        if (!leash__site_used(p, i))
+        if (!leash__site_used(p, i) || site_first(p, i) != i)
             continue;
         leash_site_stats st;
         leash__site_get(p, i, &st);

@@ -85,7 +85,7 @@ struct leash_handle {
     _Atomic int broken;     /* leash_mark_broken: destroy on release */
     _Atomic int retire;     /* 1 + a GONE_* reason: destroy instead of reusing */
     _Atomic uint64_t expire_ns;  /* max_lifetime deadline on the coarse tick (jittered) */
-    _Atomic uint64_t idle_since; /* coarse tick when it went idle */
+    _Atomic uint64_t idle_since; /* exact clock (raw) when it went idle */
 
     /* line 1: the borrow record (written by the borrower before it publishes HELD) and the
      * owner's per-borrow numbers */
@@ -104,15 +104,21 @@ struct leash_handle {
 
     /* counters owned by the slot's current owner: written with a plain load + store */
     _Atomic uint64_t acc_acquired, acc_hold_total, acc_hold_max, acc_wait_total, acc_wait_max;
-    _Atomic uint64_t released, hold_ns_total, hold_ns_max, wait_ns_total, wait_ns_max;
+    _Atomic uint64_t hold_ns_total, hold_ns_max, wait_ns_total, wait_ns_max;
+    /* How this slot's borrows ended, one counter per way (written with a release store once
+     * the end is done: a reader that loads them with acquire and then the word sees
+     * borrow - ended = 1 exactly while the borrow is held or its end is in progress). */
+    _Atomic uint64_t released, n_discarded, n_reclaimed, n_at_close;
     _Atomic uint64_t hist_wait[LEASH_HIST_BUCKETS + 1], hist_hold[LEASH_HIST_BUCKETS + 1];
 
     /* cold */
     _Atomic uint32_t next;       /* idle stack link: index + 1, 0 ends */
     _Atomic uint64_t idle_limit; /* idle timeout, ns (jittered) */
+    _Atomic uint64_t checked_ns; /* exact clock (raw) of its last keepalive check */
     _Atomic(const char *) peer;  /* the adapter's peer() at connect (interned), or NULL */
     _Atomic uint64_t suspected;  /* the borrow number counted as a suspected leak */
     _Atomic uint64_t pre_fork;   /* in a forked child: the borrow held at the fork, else 0 */
+    _Atomic uint64_t site_since; /* the borrow number at which site last changed */
 };
 
 /* ---- the slot word ---- */
@@ -153,9 +159,11 @@ static inline int slot_cas(struct leash_handle *s, int from, int to)
     uint64_t w = atomic_load_explicit(&s->word, memory_order_relaxed);
     if (w_state(w) != from)
         return 0;
-    /* acq_rel: acquire what the previous owner published; release is harmless */
+    /* seq_cst: acquires what the previous owner published, and is in the single total
+     * order with the draining flag (leash_pool_drain / refuse_draining); on x86 a locked
+     * instruction either way */
     return atomic_compare_exchange_strong_explicit(&s->word, &w, w_make(w_borrow(w), to),
-                                                   memory_order_acq_rel, memory_order_relaxed);
+                                                   memory_order_seq_cst, memory_order_relaxed);
 }
 
 /* Idle, on the stack or in a thread's cache. */
@@ -214,6 +222,11 @@ static inline uint64_t ld(_Atomic uint64_t *a)
 static inline void own_inc(_Atomic uint64_t *a, uint64_t by)
 {
     atomic_store_explicit(a, ld(a) + by, memory_order_relaxed);
+}
+/* An owner-only count whose new value must be seen with what the owner did before it. */
+static inline void own_inc_rel(_Atomic uint64_t *a)
+{
+    atomic_store_explicit(a, ld(a) + 1, memory_order_release);
 }
 static inline void own_max(_Atomic uint64_t *a, uint64_t v)
 {

@@ -175,6 +175,20 @@ static uint64_t now_coarse(void)
 
 /* ---- gathering (lock-free reads) ---- */
 
+/* The ways s's borrows have ended, summed (acquire: pairs with the owner's release stores). */
+static uint64_t slot_ended(struct leash_handle *s, uint64_t *by)
+{
+    by[0] = atomic_load_explicit(&s->released, memory_order_acquire);
+    by[1] = atomic_load_explicit(&s->n_discarded, memory_order_acquire);
+    by[2] = atomic_load_explicit(&s->n_reclaimed, memory_order_acquire);
+    by[3] = atomic_load_explicit(&s->n_at_close, memory_order_acquire);
+    return by[0] + by[1] + by[2] + by[3];
+}
+
+/* Every counter is monotonic and every snapshot keeps the counting invariant: per slot, the
+ * ended counts are read, then the word, then the ended counts again (a retry if a borrow
+ * ended meanwhile); the slot's borrows minus its ended ones (0 or 1) are in use: held, or
+ * being returned. Async-signal-safe (bounded retries, no lock). */
 static void gather(struct leash_pool *p, leash_pool_stats *st)
 {
     memset(st, 0, sizeof *st);
@@ -185,12 +199,22 @@ static void gather(struct leash_pool *p, leash_pool_stats *st)
     st->waiting = (uint32_t)atomic_load(&p->nwaiters);
     FOR_EACH_SLOT(p, s)
     {
-        uint64_t w = atomic_load_explicit(&s->word, memory_order_relaxed);
+        uint64_t by[4], again[4], w, ended;
+        for (int tries = 0;; tries++) {
+            ended = slot_ended(s, by);
+            w = slot_word(s);
+            if (slot_ended(s, again) == ended || tries == 8)
+                break;
+        }
+        uint64_t borrows = w_borrow(w);
         int state = w_state(w);
-        st->in_use += state == SLOT_HELD;
+        st->acquired += borrows;
+        st->in_use += borrows > ended ? (uint32_t)(borrows - ended) : 0;
         st->idle += is_idle_state(state);
-        st->acquired += w_borrow(w);
-        st->released += atomic_load_explicit(&s->released, memory_order_relaxed);
+        st->released += by[0];
+        st->discarded += by[1];
+        st->leaks_reclaimed += by[2];
+        st->leaks_at_close += by[3];
         st->hold_ns_total += atomic_load_explicit(&s->hold_ns_total, memory_order_relaxed);
         st->wait_ns_total += atomic_load_explicit(&s->wait_ns_total, memory_order_relaxed);
         uint64_t m = atomic_load_explicit(&s->hold_ns_max, memory_order_relaxed);
@@ -202,6 +226,7 @@ static void gather(struct leash_pool *p, leash_pool_stats *st)
     }
 #define LEASH_GATHER(n) st->n = atomic_load_explicit(&p->n, memory_order_relaxed);
     LEASH_POOL_COUNTERS(LEASH_GATHER)
+#undef LEASH_GATHER
     st->connecting = atomic_load(&p->connecting);
     st->consecutive_failures = atomic_load(&p->consecutive_failures);
     st->last_connect_ok_ns = atomic_load(&p->last_connect_ok_ns);
@@ -228,8 +253,9 @@ uint64_t leash_pool_leaks(leash_pool *p)
 {
     if (!p || p->magic != LEASH_POOL_MAGIC)
         return 0;
-    return atomic_load(&p->leaks_reclaimed) + atomic_load(&p->leaks_suspected) +
-           atomic_load(&p->leaks_at_close);
+    leash_pool_stats st;
+    gather(p, &st);
+    return st.leaks_reclaimed + st.leaks_suspected + st.leaks_at_close;
 }
 
 /* Counters as a table, for the dumps and the text diff. */
@@ -328,7 +354,9 @@ static uint32_t group_sites(struct leash_pool *p, struct site *sites, uint32_t *
             continue;
         uint64_t age = leash__clock_ns(since, now);
         uint32_t j = 0;
-        while (j < n && !(sites[j].file == file && sites[j].line == line))
+        while (j < n && !(sites[j].line == line &&
+                          (sites[j].file == file ||
+                           (sites[j].file && file && strcmp(sites[j].file, file) == 0))))
             j++;
         if (j == n) {
             if (n == MAX_SITES) {
@@ -455,15 +483,36 @@ static void text_sites(struct out *o, struct leash_pool *p)
     }
 }
 
+/* Entry i is the first of the entries that name its site (the one shown). */
+static int site_is_first(struct leash_pool *p, uint32_t i)
+{
+    for (uint32_t j = 0; j < i && j < LEASH_SITES; j++)
+        if (leash__site_same(p, i, j))
+            return 0;
+    return 1;
+}
+
+/* Problems of kind k at site i, over every entry that names the same site. */
+static uint64_t site_prob(struct leash_pool *p, uint32_t i, int k)
+{
+    uint64_t n = 0;
+    for (uint32_t j = i; j <= LEASH_SITE_OTHER; j++)
+        if (leash__site_same(p, i, j))
+            n += ld(&p->sites[j].n[k]);
+    return n;
+}
+
 /* Leaks and misuse by borrow site, with what is new since the last text dump. */
 static void text_problems(struct out *o, struct leash_pool *p)
 {
     int titled = 0;
     for (uint32_t i = 0; i <= LEASH_SITE_OTHER; i++) {
         struct leash_site *e = &p->sites[i];
+        if (!site_is_first(p, i))
+            continue;
         int any = 0;
         for (int k = 0; k < PROB_KINDS; k++)
-            any |= ld(&e->n[k]) != 0;
+            any |= site_prob(p, i, k) != 0;
         if (!any)
             continue;
         if (!titled)
@@ -471,7 +520,7 @@ static void text_problems(struct out *o, struct leash_pool *p)
         titled = 1;
         o_str(o, "    ");
         for (int k = 0, first = 1; k < PROB_KINDS; k++) {
-            uint64_t cnt = ld(&e->n[k]);
+            uint64_t cnt = site_prob(p, i, k);
             if (!cnt)
                 continue;
             uint64_t was = ld(&e->base[k]);
@@ -919,16 +968,6 @@ static void prom_hist(struct out *o, struct leash_pool *p, const char *name,
     o_str(o, "\n");
 }
 
-/* Bucket 0 is not counted on the fast path: it holds every observation the other buckets do
- * not (all of them, counted elsewhere). A snapshot of a busy pool may be a moment apart. */
-static void derive_first(uint64_t *b, uint64_t all)
-{
-    uint64_t rest = 0;
-    for (int k = 1; k <= LEASH_HIST_BUCKETS; k++)
-        rest += b[k];
-    b[0] = all > rest ? all - rest : 0;
-}
-
 static void prom_histograms(struct out *o)
 {
     prom_head(o, "leash_acquire_wait_seconds",
@@ -937,15 +976,13 @@ static void prom_histograms(struct out *o)
               "histogram");
     FOR_EACH_OPEN_POOL(p)
     {
-        uint64_t b[LEASH_HIST_BUCKETS + 1] = {0}, sum = 0, all = 0;
+        uint64_t b[LEASH_HIST_BUCKETS + 1] = {0}, sum = 0;
         FOR_EACH_SLOT(p, s)
         {
-            for (int k = 1; k <= LEASH_HIST_BUCKETS; k++)
+            for (int k = 0; k <= LEASH_HIST_BUCKETS; k++)
                 b[k] += ld(&s->hist_wait[k]);
             sum += ld(&s->wait_ns_total);
-            all += w_borrow(atomic_load_explicit(&s->word, memory_order_relaxed));
         }
-        derive_first(b, all);
         prom_hist(o, p, "leash_acquire_wait_seconds", b, sum);
     }
     prom_head(o, "leash_hold_seconds",
@@ -957,13 +994,10 @@ static void prom_histograms(struct out *o)
         uint64_t b[LEASH_HIST_BUCKETS + 1] = {0}, sum = 0;
         FOR_EACH_SLOT(p, s)
         {
-            for (int k = 1; k <= LEASH_HIST_BUCKETS; k++)
+            for (int k = 0; k <= LEASH_HIST_BUCKETS; k++)
                 b[k] += ld(&s->hist_hold[k]);
             sum += ld(&s->hold_ns_total);
         }
-        leash_pool_stats st;
-        gather(p, &st);
-        derive_first(b, st.released + st.discarded + st.leaks_reclaimed + st.leaks_at_close);
         prom_hist(o, p, "leash_hold_seconds", b, sum);
     }
     prom_head(o, "leash_connect_seconds", "Each connect attempt, failed ones included.",
@@ -1150,8 +1184,10 @@ static void prom_problems(struct out *o)
     {
         for (uint32_t i = 0; i <= LEASH_SITE_OTHER; i++) {
             struct leash_site *e = &p->sites[i];
+            if (!site_is_first(p, i))
+                continue;
             for (int k = 0; k < PROB_KINDS; k++) {
-                uint64_t n = ld(&e->n[k]);
+                uint64_t n = site_prob(p, i, k);
                 if (!n)
                     continue;
                 const char *file = i == LEASH_SITE_OTHER
