@@ -58,9 +58,12 @@ typedef struct http_conn {
     http_ctx *ctx;
     const http_base *base; /* the base URL it was made for */
     int raw;               /* leash_http() gave the easy handle out: full reset on release */
-    int method;            /* a helper set a method other than GET: undo on release */
-    int over;              /* the body went over max_body */
-    char *buf;             /* the response being received */
+    /* A request helper is inside curl on this handle. Read by abandon in a forked child,
+     * where the thread that set it is gone and the handle may be half way through a call. */
+    _Atomic int busy;
+    int method; /* a helper set a method other than GET: undo on release */
+    int over;   /* the body went over max_body */
+    char *buf;  /* the response being received */
     size_t len, cap;
     char *url; /* the last URL given to curl */
     size_t url_cap;
@@ -539,10 +542,14 @@ static void http_destroy(void *arg, void *conn)
 
 /* In a forked child: the connection's socket is the parent's too. Point the descriptor at
  * /dev/null first, so whatever curl_easy_cleanup says on it (a TLS close_notify) never
- * reaches the parent's peer; closing our copy leaves the parent's socket open. */
+ * reaches the parent's peer; closing our copy leaves the parent's socket open. A handle
+ * that another thread of the parent was using in curl when it forked (a request helper, or
+ * a raw borrower) may be in any state: it is leaked whole, never touched. */
 static void http_abandon(void *arg, void *conn)
 {
     http_conn *c = conn;
+    if (atomic_load(&c->busy) || c->raw)
+        return;
     curl_socket_t fd = CURL_SOCKET_BAD;
     if (curl_easy_getinfo(c->curl, CURLINFO_ACTIVESOCKET, &fd) == CURLE_OK &&
         fd != CURL_SOCKET_BAD) {
@@ -859,17 +866,9 @@ static leash_status transfer_failed(leash_handle *h, http_conn *c, const char *m
     return leash__fail(st, "%s", msg);
 }
 
-leash_status leash_http_request(leash_handle *h, const char *method, const char *path,
-                                const char *body, size_t len, leash_http_response *out)
+static leash_status request(leash_handle *h, http_conn *c, const char *method, const char *path,
+                            const char *body, size_t len, leash_http_response *out)
 {
-    if (out) {
-        out->status = 0;
-        out->body = NULL;
-        out->len = 0;
-    }
-    http_conn *c = leash__held_conn(h, &leash_http_adapter, "http request", "HTTP");
-    if (!c)
-        return LEASH_EINVAL;
     http_ctx *ctx = c->ctx;
     if (!out)
         return fail(ctx->name, LEASH_EINVAL, "request: out is NULL");
@@ -932,6 +931,25 @@ leash_status leash_http_request(leash_handle *h, const char *method, const char 
     c->buf = NULL;
     c->len = c->cap = 0;
     return LEASH_OK;
+}
+
+leash_status leash_http_request(leash_handle *h, const char *method, const char *path,
+                                const char *body, size_t len, leash_http_response *out)
+{
+    if (out) {
+        out->status = 0;
+        out->body = NULL;
+        out->len = 0;
+    }
+    http_conn *c = leash__held_conn(h, &leash_http_adapter, "http request", "HTTP");
+    if (!c)
+        return LEASH_EINVAL;
+    /* seq_cst: set before any of curl's own stores on the handle */
+    atomic_store(&c->busy, 1);
+    leash_status st = request(h, c, method, path, body, len, out);
+    /* release: curl's stores on the handle come before it */
+    atomic_store_explicit(&c->busy, 0, memory_order_release);
+    return st;
 }
 
 leash_status leash_http_get(leash_handle *h, const char *path, leash_http_response *out)
