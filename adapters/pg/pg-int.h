@@ -61,6 +61,13 @@ typedef struct pg_defaults {
     int connect_timeout_s; /* 0: PG_CONNECT_TIMEOUT_S */
 } pg_defaults;
 
+/* A connection's part in the statement watchdog (watch.c). */
+typedef struct pg_watch {
+    struct pg_watch *next, *prev; /* the registry, under its lock */
+    int fd;                       /* a descriptor of the socket of the watch's own; -1: none */
+    _Atomic uint64_t deadline;    /* 0 not waiting, a leash__coarse_ns() deadline, or fired */
+} pg_watch;
+
 /* ---- conninfo.c ---- */
 
 /* Parses and checks conninfo. Returns the target (one reference), or NULL with a status
@@ -96,24 +103,46 @@ int pg__drain(PGconn *conn, uint64_t deadline, int *sql_error);
 /* Runs sql (simple protocol): 0 done, 1 SQL error, -1 connection failure or timeout. */
 int pg__run(PGconn *conn, const char *sql, uint64_t deadline);
 /* Runs sql and copies the first value of its first row to out: 0, or -1 on any failure. */
-int pg__ask(PGconn *conn, const char *sql, uint64_t deadline, char *out, size_t outlen);
+int pg__ask(PGconn *conn, const char *sql, int timeout_ms, char *out, size_t outlen);
 /* Sends sql (extended protocol with nparams text values when extended, else simple) and
- * returns the last result as PQexec would, never waiting past deadline: NULL with *timed_out
- * set when it passed, NULL without it when nothing could be sent or read (libpq's error
- * message says why). */
+ * returns the last result as PQexec would, never waiting more than timeout_ms (-1: no limit):
+ * NULL with *timed_out set when it ran out, NULL without it when nothing could be sent or
+ * read (libpq's error message says why). With w (NULL: none) and the watchdog running, the
+ * wait has no timeout of its own: the watchdog ends it by shutting the socket down. */
 PGresult *pg__exec(PGconn *conn, const char *sql, int extended, int nparams,
-                   const char *const *values, uint64_t deadline, int *timed_out);
+                   const char *const *values, int timeout_ms, pg_watch *w, int *timed_out);
 /* Asks the server to cancel conn's running query, waiting for the request to be delivered
  * until deadline at most (deadline 0: not at all). PQcancel can block (a paused or unreachable
  * server), so it runs on a short-lived thread of its own that ends when the server answers or
  * TCP gives up (keepalives, tcp_user_timeout); at most a few run at once. Returns 1 when the
  * request was delivered in time. */
 int pg__cancel(PGconn *conn, uint64_t deadline);
+/* The same with a cancel object made earlier (PQgetCancel), which it takes over. */
+int pg__cancel_with(PGcancel *cancel, uint64_t deadline);
 /* Forgets cancels in flight in a forked child (their threads are the parent's). */
 void pg__cancel_fork_child(void);
 /* Connects to t's host number i with target_session_attrs tsa, bounded by
  * t->connect_timeout_ms: PQconnectStartParams and PQconnectPoll with poll(). Returns the
  * connection, or NULL with a one-line message in err. */
 PGconn *pg__connect_host(const pg_target *t, int i, const char *tsa, char *err, size_t errlen);
+
+/* ---- watch.c: the statement watchdog ---- */
+
+/* A pool attached (start) or detached (stop): the watchdog runs while any is. */
+void pg__watch_start(void);
+void pg__watch_stop(void);
+/* Registers w for the connection whose socket is fd (w keeps a descriptor of its own):
+ * 0, or -1 when it cannot (w's statements then wait with poll() timeouts). */
+int pg__watch_add(pg_watch *w, int fd);
+/* Unregisters w and closes its descriptor; waits for a watchdog pass in progress. */
+void pg__watch_remove(pg_watch *w);
+/* Before a wait of at most timeout_ms: 1 when the watchdog will end it, 0 when the caller
+ * must bound it itself. */
+int pg__watch_begin(pg_watch *w, int timeout_ms);
+/* After the wait: 1 when the watchdog ended it (the socket is shut down). */
+int pg__watch_end(pg_watch *w);
+void pg__watch_fork_prepare(void);
+void pg__watch_fork_parent(void);
+void pg__watch_fork_child(void);
 
 #endif /* LEASH_PG_INT_H */

@@ -13,7 +13,7 @@
 #define PG_RESET_NS 1000000000ull      /* a release waits about this long at most */
 #define PG_QUICK_DRAIN_NS 20000000ull  /* a query still running gets this long before a cancel */
 #define PG_CANCEL_WAIT_NS 500000000ull /* for a cancel request to reach the server */
-#define PG_VALIDATE_NS 1000000000ull   /* the validation query */
+#define PG_VALIDATE_MS 1000            /* the validation query */
 /* A connection back in the pool for less than this is lent without looking at its socket
  * (a poll per borrow is a few percent of a loopback round trip); one idle longer is checked
  * on first use. leash__coarse_ns ticks every few ms, so this means "this tick or the last". */
@@ -42,6 +42,8 @@ typedef struct pg_conn {
     int doomed;           /* the server said 57P01/57P02/57P03: it is going away */
     int misfit;           /* no longer keeps target_session_attrs: dropped on release */
     uint64_t released_ns; /* leash__coarse_ns() at the last release */
+    pg_watch watch;       /* the statement watchdog's view of it */
+    PGcancel *cancel;     /* made at connect: a statement that timed out has no socket left */
     char peer[PG_PEER_MAX];
 } pg_conn;
 
@@ -127,7 +129,7 @@ static void peer_of(PGconn *conn, char *out, size_t outlen)
 }
 
 static pg_tsa effective_tsa(const pg_target *t, int fallback);
-static int role_fits(PGconn *conn, pg_tsa tsa, uint64_t deadline);
+static int role_fits(PGconn *conn, pg_tsa tsa, int timeout_ms);
 
 /* Connects to t's host i for one pass. libpq checks target_session_attrs itself, from what
  * the server reported at login where it can; behind a pooler such as pgbouncer that report
@@ -139,8 +141,7 @@ static PGconn *connect_fit(const pg_target *t, int i, int fallback, char *err, s
     PGconn *conn = pg__connect_host(t, i, pg__tsa_name(tsa), err, errlen);
     if (!conn || tsa == PG_TSA_ANY)
         return conn;
-    uint64_t deadline = leash__now_ns() + (uint64_t)t->connect_timeout_ms * 1000000ull;
-    int r = role_fits(conn, tsa, deadline);
+    int r = role_fits(conn, tsa, t->connect_timeout_ms);
     if (r > 0)
         return conn;
     if (r == 0)
@@ -171,7 +172,11 @@ static pg_conn *made(pg_ctx *ctx, pg_target *t, PGconn *conn, int host, int fall
     c->host = host;
     c->fallback = fallback;
     peer_of(conn, c->peer, sizeof c->peer);
+    pg__watch_add(&c->watch, PQsocket(conn));
+    c->cancel = PQgetCancel(conn);
     if (setup(c, err, errlen) != 0) {
+        pg__watch_remove(&c->watch);
+        PQfreeCancel(c->cancel);
         PQfinish(conn);
         pg__target_put(t);
         free(c);
@@ -222,9 +227,13 @@ static int reconnect(pg_conn *c, char *err, size_t errlen)
     PGconn *conn = connect_fit(c->target, c->host, c->fallback, err, errlen);
     if (!conn)
         return -1;
+    pg__watch_remove(&c->watch);
+    PQfreeCancel(c->cancel);
     PQfinish(c->conn);
     c->conn = conn;
     c->doomed = 0;
+    pg__watch_add(&c->watch, PQsocket(conn));
+    c->cancel = PQgetCancel(conn);
     return setup(c, err, errlen);
 }
 
@@ -265,17 +274,17 @@ static pg_tsa effective_tsa(const pg_target *t, int fallback)
     return t->tsa;
 }
 
-/* Asks the server libpq's own questions for tsa (never PG_TSA_PREFER_STANDBY): 1 fits, 0 does
- * not, -1 no answer. For "any", an empty query. */
-static int role_fits(PGconn *conn, pg_tsa tsa, uint64_t deadline)
+/* Asks the server libpq's own questions for tsa (never PG_TSA_PREFER_STANDBY), waiting
+ * timeout_ms at most: 1 fits, 0 does not, -1 no answer. For "any", an empty query. */
+static int role_fits(PGconn *conn, pg_tsa tsa, int timeout_ms)
 {
     if (tsa == PG_TSA_ANY)
-        return pg__run(conn, "", deadline) == 0 ? 1 : -1;
+        return pg__run(conn, "", leash__now_ns() + (uint64_t)timeout_ms * 1000000ull) == 0 ? 1 : -1;
     const char *q = tsa == PG_TSA_READ_WRITE || tsa == PG_TSA_READ_ONLY
                         ? "SHOW transaction_read_only"
                         : "SELECT pg_is_in_recovery()";
     char v[16];
-    if (pg__ask(conn, q, deadline, v, sizeof v) != 0)
+    if (pg__ask(conn, q, timeout_ms, v, sizeof v) != 0)
         return -1;
     int yes = strcmp(v, "on") == 0 || strcmp(v, "t") == 0; /* read-only / in recovery */
     return tsa == PG_TSA_READ_WRITE || tsa == PG_TSA_PRIMARY ? !yes : yes;
@@ -293,8 +302,7 @@ static int check(pg_conn *c)
         return DEAD;
     if (c->doomed)
         return DEAD;
-    int r =
-        role_fits(c->conn, effective_tsa(c->target, c->fallback), leash__now_ns() + PG_VALIDATE_NS);
+    int r = role_fits(c->conn, effective_tsa(c->target, c->fallback), PG_VALIDATE_MS);
     if (r < 0 || c->doomed)
         return DEAD;
     return r ? FITS : MISFIT;
@@ -422,6 +430,8 @@ static int pg_reset(void *arg, void *conn)
 static void pg_destroy(void *arg, void *conn)
 {
     pg_conn *c = conn;
+    pg__watch_remove(&c->watch);
+    PQfreeCancel(c->cancel);
     PQfinish(c->conn);
     pg__target_put(c->target);
     free(c);
@@ -440,6 +450,9 @@ static void pg_abandon(void *arg, void *conn)
             /* Cannot make it safe: leak the PGconn rather than speak on the wire. */
             if (null >= 0)
                 close(null);
+            pg__watch_remove(&c->watch); /* closes only the child's copy of a descriptor */
+            PQfreeCancel(c->cancel);
+            pg__target_put(c->target);
             free(c);
             return;
         }
@@ -487,29 +500,37 @@ static int pg_retarget(void *arg, const char *target, char *err, size_t errlen)
 static void pg_attach(void *arg, leash_pool *pool)
 {
     pg_ctx *ctx = arg;
-    if (ctx)
-        atomic_store(&ctx->pool, pool);
+    if (!ctx)
+        return;
+    atomic_store(&ctx->pool, pool);
+    pg__watch_start();
 }
 
 static void pg_detach(void *arg)
 {
     pg_ctx *ctx = arg;
-    if (ctx)
-        atomic_store(&ctx->pool, NULL);
+    if (!ctx)
+        return;
+    atomic_store(&ctx->pool, NULL);
+    pg__watch_stop();
 }
 
+/* Lock order: targets_lock, then the watchdog's. */
 static void fork_prepare(void)
 {
     pthread_mutex_lock(&targets_lock);
+    pg__watch_fork_prepare();
 }
 
 static void fork_parent(void)
 {
+    pg__watch_fork_parent();
     pthread_mutex_unlock(&targets_lock);
 }
 
 static void fork_child(void)
 {
+    pg__watch_fork_child();
     pthread_mutex_unlock(&targets_lock);
     pg__cancel_fork_child();
 }
@@ -687,21 +708,21 @@ static int first_use(leash_handle *h, pg_conn *c, const char *fn)
     return -1;
 }
 
-/* The deadline of a helper's statement. */
-static uint64_t command_deadline(const pg_conn *c)
+/* A helper's statement gets this long (-1: no limit). */
+static int command_timeout(const pg_conn *c)
 {
-    int ms = c->ctx ? c->ctx->command_timeout_ms : PG_COMMAND_TIMEOUT_MS;
-    return ms < 0 ? UINT64_MAX : leash__now_ns() + (uint64_t)ms * 1000000ull;
+    return c->ctx ? c->ctx->command_timeout_ms : PG_COMMAND_TIMEOUT_MS;
 }
 
 /* Before a helper's statement: the first-use check, and results a raw borrower left unread
  * dropped, as PQexec would. 0, or -1 with the failure recorded. */
-static int before(leash_handle *h, pg_conn *c, uint64_t deadline, const char *fn)
+static int before(leash_handle *h, pg_conn *c, const char *fn)
 {
     if (c->fresh && first_use(h, c, fn) != 0)
         return -1;
     if (LEASH_UNLIKELY(c->raw) && PQtransactionStatus(c->conn) == PQTRANS_ACTIVE) {
-        int sql_error = 0;
+        int sql_error = 0, ms = command_timeout(c);
+        uint64_t deadline = ms < 0 ? UINT64_MAX : leash__now_ns() + (uint64_t)ms * 1000000ull;
         int r = pg__drain(c->conn, deadline, &sql_error);
         if (r != PG_DRAIN_OK) {
             leash_mark_broken(h);
@@ -747,13 +768,14 @@ static PGresult *finish(leash_handle *h, pg_conn *c, PGresult *res, int timed_ou
         return res;
     }
     if (timed_out) {
-        pg__cancel(c->conn, 0); /* the server may still run it: ask it to stop, do not wait */
+        /* The server may still run it: ask it to stop, without waiting. */
+        pg__cancel_with(c->cancel, 0);
+        c->cancel = NULL;
         leash_mark_broken(h);
         return leash__fail_null(LEASH_ETIMEDOUT,
                                 "%s: pool \"%s\": no answer from %s within %d ms "
                                 "(command_timeout_ms); the connection is dropped at release",
-                                fn, pool_name(c->ctx), c->peer,
-                                c->ctx ? c->ctx->command_timeout_ms : PG_COMMAND_TIMEOUT_MS);
+                                fn, pool_name(c->ctx), c->peer, command_timeout(c));
     }
     char msg[PG_MSG_MAX];
     const char *m = res ? PQresultErrorMessage(res) : "";
@@ -783,11 +805,10 @@ PGresult *leash_pg_exec(leash_handle *h, const char *sql)
     if (!sql)
         return leash__fail_null(LEASH_EINVAL, "leash_pg_exec: pool \"%s\": sql is NULL",
                                 pool_name(c->ctx));
-    uint64_t deadline = command_deadline(c);
-    if (before(h, c, deadline, "leash_pg_exec") != 0)
+    if (before(h, c, "leash_pg_exec") != 0)
         return NULL;
     int timed_out;
-    PGresult *res = pg__exec(c->conn, sql, 0, 0, NULL, deadline, &timed_out);
+    PGresult *res = pg__exec(c->conn, sql, 0, 0, NULL, command_timeout(c), &c->watch, &timed_out);
     return finish(h, c, res, timed_out, "leash_pg_exec");
 }
 
@@ -804,12 +825,12 @@ PGresult *leash_pg_params(leash_handle *h, const char *sql, int nparams, const c
                                 "leash_pg_params: pool \"%s\": nparams is %d with values %s (need "
                                 "0..65535 and values for each)",
                                 pool_name(c->ctx), nparams, values ? "set" : "NULL");
-    uint64_t deadline = command_deadline(c);
-    if (before(h, c, deadline, "leash_pg_params") != 0)
+    if (before(h, c, "leash_pg_params") != 0)
         return NULL;
     /* The unnamed statement: no server-side state survives the call (pgbouncer-safe). */
     int timed_out;
-    PGresult *res = pg__exec(c->conn, sql, 1, nparams, values, deadline, &timed_out);
+    PGresult *res =
+        pg__exec(c->conn, sql, 1, nparams, values, command_timeout(c), &c->watch, &timed_out);
     return finish(h, c, res, timed_out, "leash_pg_params");
 }
 

@@ -103,10 +103,10 @@ int pg__run(PGconn *conn, const char *sql, uint64_t deadline)
     return sql_error;
 }
 
-int pg__ask(PGconn *conn, const char *sql, uint64_t deadline, char *out, size_t outlen)
+int pg__ask(PGconn *conn, const char *sql, int timeout_ms, char *out, size_t outlen)
 {
     int timed_out = 0;
-    PGresult *res = pg__exec(conn, sql, 0, 0, NULL, deadline, &timed_out);
+    PGresult *res = pg__exec(conn, sql, 0, 0, NULL, timeout_ms, NULL, &timed_out);
     int ok = res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) > 0 &&
              PQnfields(res) > 0 && PQstatus(conn) == CONNECTION_OK;
     if (ok)
@@ -117,15 +117,68 @@ int pg__ask(PGconn *conn, const char *sql, uint64_t deadline, char *out, size_t 
 
 /* ---- queries ---- */
 
+/* A statement's time budget, read on the coarse clock and only once it has to wait: the
+ * common statement costs one poll() with the whole budget as its timeout. */
+typedef struct budget {
+    int ms;       /* the whole budget; -1: none */
+    uint64_t end; /* leash__coarse_ns() when it runs out; 0: not started */
+} budget;
+
+/* Milliseconds left (-1: no limit). */
+static int budget_left(budget *b)
+{
+    if (b->ms < 0)
+        return -1;
+    uint64_t now = leash__coarse_ns();
+    if (!b->end) {
+        b->end = now + (uint64_t)b->ms * 1000000ull;
+        return b->ms;
+    }
+    return now >= b->end ? 0 : (int)((b->end - now + 999999) / 1000000);
+}
+
+/* pg__wait on a budget: 1 ready, 0 out of time, -1 no socket. */
+static int wait_budget(PGconn *conn, short events, budget *b)
+{
+    int fd = PQsocket(conn);
+    if (fd < 0)
+        return -1;
+    for (;;) {
+        int ms = budget_left(b);
+        struct pollfd p = {.fd = fd, .events = events};
+        int r = poll(&p, 1, ms);
+        if (r > 0)
+            return 1;
+        if (r == 0)
+            return 0;
+        if (errno != EINTR)
+            return -1;
+    }
+}
+
+/* Waits, reading as it goes, until libpq has a whole result (0), the budget runs out (1) or
+ * the connection fails (-1). */
+static int await_budget(PGconn *conn, budget *b)
+{
+    while (PQisBusy(conn)) {
+        int r = wait_budget(conn, POLLIN, b);
+        if (r == 0)
+            return 1;
+        if (r < 0 || !PQconsumeInput(conn))
+            return PQisBusy(conn) ? -1 : 0; /* libpq may hold the error as a result */
+    }
+    return 0;
+}
+
 /* Sends what libpq has queued, reading meanwhile so a server that answers early cannot
- * deadlock us: 0 sent, 1 timed out, -1 failed. */
-static int flush(PGconn *conn, uint64_t deadline)
+ * deadlock us: 0 sent, 1 out of time, -1 failed. */
+static int flush(PGconn *conn, budget *b)
 {
     for (;;) {
         int f = PQflush(conn);
         if (f <= 0)
             return f;
-        int r = pg__wait(conn, POLLOUT | POLLIN, deadline);
+        int r = wait_budget(conn, POLLOUT | POLLIN, b);
         if (r == 0)
             return 1;
         if (r < 0 || !PQconsumeInput(conn))
@@ -133,20 +186,38 @@ static int flush(PGconn *conn, uint64_t deadline)
     }
 }
 
-PGresult *pg__exec(PGconn *conn, const char *sql, int extended, int nparams,
-                   const char *const *values, uint64_t deadline, int *timed_out)
+/* A request this small fits the socket's send buffer, empty when a statement starts (an
+ * idle connection has nothing queued), so libpq's blocking send cannot block on it. */
+#define PG_SMALL_REQUEST 8192
+
+static int small_request(const char *sql, int nparams, const char *const *values)
 {
+    size_t n = strlen(sql);
+    for (int i = 0; i < nparams && n <= PG_SMALL_REQUEST; i++)
+        n += values[i] ? strlen(values[i]) : 0;
+    return n <= PG_SMALL_REQUEST;
+}
+
+PGresult *pg__exec(PGconn *conn, const char *sql, int extended, int nparams,
+                   const char *const *values, int timeout_ms, pg_watch *w, int *timed_out)
+{
+    budget b = {.ms = timeout_ms};
     *timed_out = 0;
-    /* Nonblocking while sending, so a large statement to a server that stopped reading cannot
-     * block in send(); libpq's blocking mode is back before the caller sees the connection. */
-    if (PQsetnonblocking(conn, 1) != 0)
+    int watched = w && timeout_ms >= 0 && pg__watch_begin(w, timeout_ms);
+    if (watched)
+        b.ms = -1; /* no kernel timer: the watchdog ends a wait that runs late */
+    /* A large statement goes out nonblocking, so a server that stopped reading cannot hold
+     * send() past the deadline; libpq's blocking mode is back before the caller sees the
+     * connection. */
+    int big = !small_request(sql, extended ? nparams : 0, values);
+    if (big && PQsetnonblocking(conn, 1) != 0)
         return NULL;
     int sent = extended ? PQsendQueryParams(conn, sql, nparams, NULL, values, NULL, NULL, 0)
                         : PQsendQuery(conn, sql);
     PGresult *last = NULL;
-    int r = sent ? flush(conn, deadline) : -1;
+    int r = !sent ? -1 : big ? flush(conn, &b) : 0;
     while (r == 0) {
-        r = await_result(conn, deadline);
+        r = await_budget(conn, &b);
         if (r != 0)
             break;
         PGresult *res = PQgetResult(conn);
@@ -159,12 +230,13 @@ PGresult *pg__exec(PGconn *conn, const char *sql, int extended, int nparams,
             PQstatus(conn) == CONNECTION_BAD)
             break;
     }
-    if (r > 0) {
+    if ((watched && pg__watch_end(w)) || r > 0) {
         *timed_out = 1;
         PQclear(last);
         last = NULL;
     }
-    PQsetnonblocking(conn, 0); /* fails only with output still queued: the caller drops conn */
+    if (big)
+        PQsetnonblocking(conn, 0); /* fails only with output still queued: conn is dropped */
     return last;
 }
 
@@ -204,42 +276,42 @@ static void *cancel_main(void *arg)
     return NULL;
 }
 
-int pg__cancel(PGconn *conn, uint64_t deadline)
+int pg__cancel_with(PGcancel *cancel, uint64_t deadline)
 {
+    if (!cancel)
+        return 0;
     if (atomic_fetch_add(&cancels_running, 1) >= PG_CANCELS_MAX) {
         atomic_fetch_sub(&cancels_running, 1);
+        PQfreeCancel(cancel);
         return 0;
     }
     struct cancel_job *j = calloc(1, sizeof *j);
-    pthread_condattr_t ca;
-    pthread_attr_t ta;
-    int ok = j && (j->cancel = PQgetCancel(conn)) != NULL;
-    if (ok) {
-        pthread_condattr_init(&ca);
-        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-        pthread_cond_init(&j->cv, &ca);
-        pthread_condattr_destroy(&ca);
-        pthread_mutex_init(&j->mu, NULL);
-        pthread_attr_init(&ta);
-        pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
-        /* The thread runs with every signal blocked: the application's handlers are not for
-         * it. It inherits the mask set here. */
-        sigset_t all, old;
-        sigfillset(&all);
-        pthread_sigmask(SIG_BLOCK, &all, &old);
-        pthread_t th;
-        ok = pthread_create(&th, &ta, cancel_main, j) == 0;
-        pthread_sigmask(SIG_SETMASK, &old, NULL);
-        pthread_attr_destroy(&ta);
-        if (!ok) {
-            job_free(j);
-            j = NULL;
-        }
-    } else if (j) {
-        free(j);
-        j = NULL;
+    if (!j) {
+        atomic_fetch_sub(&cancels_running, 1);
+        PQfreeCancel(cancel);
+        return 0;
     }
+    j->cancel = cancel;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&j->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&j->mu, NULL);
+    pthread_attr_t ta;
+    pthread_attr_init(&ta);
+    pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
+    /* The thread runs with every signal blocked (it inherits the mask set here): the
+     * application's handlers are not for it. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    pthread_t th;
+    int ok = pthread_create(&th, &ta, cancel_main, j) == 0;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&ta);
     if (!ok) {
+        job_free(j);
         atomic_fetch_sub(&cancels_running, 1);
         return 0;
     }
@@ -255,6 +327,11 @@ int pg__cancel(PGconn *conn, uint64_t deadline)
     if (done)
         job_free(j);
     return done;
+}
+
+int pg__cancel(PGconn *conn, uint64_t deadline)
+{
+    return pg__cancel_with(PQgetCancel(conn), deadline);
 }
 
 void pg__cancel_fork_child(void)

@@ -80,7 +80,8 @@ static PGresult *ask_leash(leash_handle *h, enum query q, long i, char *key)
 }
 
 /* One batch in mode m; fills took[m] (wall) and cpu[m] (this thread's CPU) and returns the
- * handle (pool slot) it ran on. */
+ * pooled connection it ran on (leash_conn: a handle value names one borrow, so it differs
+ * from batch to batch even on the same connection). */
 static const void *batch(struct run *r, enum mode m, long *i, double took[2], double cpu[2])
 {
     char key[16];
@@ -91,7 +92,7 @@ static const void *batch(struct run *r, enum mode m, long *i, double took[2], do
     if (direct) { /* borrowed for the whole batch, outside the timed part */
         h = leash_acquire(r->pool);
         raw = leash_pg(h);
-        slot = h;
+        slot = leash_conn(h);
         r->failed = !raw;
     }
     double w0 = clock_s(CLOCK_MONOTONIC), c0 = clock_s(CLOCK_THREAD_CPUTIME_ID);
@@ -102,7 +103,7 @@ static const void *batch(struct run *r, enum mode m, long *i, double took[2], do
         }
         leash_handle *lh = leash_acquire(r->pool);
         r->failed = !lh || !check(ask_leash(lh, r->query, *i, key));
-        slot = lh;
+        slot = leash_conn(lh);
         leash_release(&lh);
     }
     cpu[m] = clock_s(CLOCK_THREAD_CPUTIME_ID) - c0;
