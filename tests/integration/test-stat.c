@@ -394,6 +394,9 @@ static void test_stopped_process(void **state)
     assert_string_equal(helper_say("hold 4"), "held 4");
     wait_page_held(4);
     assert_int_equal(kill(H.pid, SIGSTOP), 0);
+    int st = 0;
+    assert_int_equal(waitpid(H.pid, &st, WUNTRACED), H.pid);
+    assert_true(WIFSTOPPED(st));
     sleep_ms(1200);
     struct run r = stat_run(0, pid_arg(), NULL);
     assert_int_equal(r.code, 0);

@@ -561,6 +561,9 @@ static void test_stat_stopped_then_dead(void **state)
     char arg[16];
     snprintf(arg, sizeof arg, "%d", (int)c.pid);
     assert_int_equal(kill(c.pid, SIGSTOP), 0);
+    int st = 0; /* until it is stopped: the signal is delivered when the child next runs */
+    assert_int_equal(waitpid(c.pid, &st, WUNTRACED), c.pid);
+    assert_true(WIFSTOPPED(st));
     struct run r = stat_run(arg, NULL);
     assert_int_equal(r.code, 0);
     char head[80];
