@@ -24,9 +24,10 @@ typedef struct leash_pg_options { /* zero: default */
                                      check) and init_sql; a connect_timeout of 0 means this
                                      default too: leash never waits for a server forever */
     /* appended */
-    int command_timeout_ms; /* leash_pg_exec / leash_pg_params give up after this long
-                               (LEASH_ETIMEDOUT, the running query is cancelled and the
-                               connection dropped); default 30000; -1: no limit */
+    int command_timeout_ms; /* leash_pg_exec / leash_pg_params give up after this long (up
+                               to about 50 ms later): LEASH_ETIMEDOUT, the running query is
+                               cancelled and the connection dropped; default 30000; -1: no
+                               limit */
 } leash_pg_options;
 
 /* Opens a pool of PostgreSQL connections. conninfo is any libpq conninfo string or URI
@@ -48,10 +49,12 @@ typedef struct leash_pg_options { /* zero: default */
  * standby: true; prefer-standby: a standby, or any server when none was found at connect),
  * and what the server reports after each statement (in_hot_standby,
  * default_transaction_read_only) is checked too; a connection that no longer fits is
- * retired. SQLSTATE 25006 on a read-write pool retires every connection of the pool to that
- * server; 57P01/57P02/57P03 (as an error or a notice) or a dead connection retire that one and
- * get the pool's other idle connections to the same server checked before they are lent. The
- * statement that met the error fails to its caller: leash never retries one.
+ * retired. A new connection is asked once after login as well (one round trip): behind a
+ * pooler such as pgbouncer, what libpq checked at login may be stale. SQLSTATE 25006 on a
+ * read-write pool retires every connection of the pool to that server; 57P01/57P02/57P03 (as an
+ * error or a notice) or a dead connection retire that one and get the pool's other idle connections
+ * to the same server checked before they are lent. The statement that met the error fails to its
+ * caller: leash never retries one.
  *
  * Sessions are named "leash" in pg_stat_activity unless the conninfo names them; server
  * notices go to the log callback. opts NULL: pool defaults. Copies its arguments. */
