@@ -166,6 +166,57 @@ static void connect_failed_locked(struct leash_pool *p, uint64_t now, const char
     p->next_attempt_ns = now + p->backoff_ns;
 }
 
+/* The adapter may describe the target differently after a connect (a Sentinel pool's master
+ * moved): the dumps show the latest. */
+static void refresh_desc(struct leash_pool *p, const struct leash_target *t)
+{
+    char now[LEASH_TARGET_DESC_MAX], cur[LEASH_TARGET_DESC_MAX];
+    now[0] = '\0';
+    p->adapter->describe(p->ctx, t->target, now, sizeof now);
+    now[sizeof now - 1] = '\0';
+    leash__pool_desc(p, cur, sizeof cur);
+    if (strcmp(now, cur) == 0)
+        return;
+    pthread_mutex_lock(&p->lock);
+    /* release: the odd value is seen before the bytes change (pairs with the reader's
+     * acquire loads of live_seq) */
+    atomic_fetch_add_explicit(&p->live_seq, 1, memory_order_acq_rel);
+    size_t n = strlen(now);
+    for (size_t i = 0; i <= n; i++)
+        atomic_store_explicit(&p->live_desc[i], now[i], memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->live_seq, 1, memory_order_release);
+    pthread_mutex_unlock(&p->lock);
+}
+
+void leash__pool_desc(struct leash_pool *p, char *out, size_t outlen)
+{
+    const struct leash_target *t = pool_target(p);
+    for (int tries = 0; tries < 16; tries++) {
+        uint32_t s1 = atomic_load_explicit(&p->live_seq, memory_order_acquire);
+        if (s1 == 0)
+            break; /* never refreshed */
+        if (s1 & 1)
+            continue;
+        size_t i = 0;
+        for (; i + 1 < outlen && i < LEASH_TARGET_DESC_MAX; i++) {
+            out[i] = atomic_load_explicit(&p->live_desc[i], memory_order_relaxed);
+            if (!out[i])
+                break;
+        }
+        if (outlen)
+            out[i < outlen ? i : outlen - 1] = '\0';
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&p->live_seq, memory_order_relaxed) == s1 && out[0])
+            return;
+    }
+    size_t n = strnlen(t->desc, sizeof t->desc);
+    if (n >= outlen)
+        n = outlen ? outlen - 1 : 0;
+    memcpy(out, t->desc, n);
+    if (outlen)
+        out[n] = '\0';
+}
+
 /* ---- the job ---- */
 
 static void job_done(struct job *j)
@@ -200,6 +251,8 @@ static void *job_main(void *arg)
     char clean[256] = "";
     if (!c)
         leash__redact(err[0] ? err : "the adapter gave no reason", clean, sizeof clean);
+    if (c && p->adapter->describe)
+        refresh_desc(p, t);
     uint64_t now = leash__mono_ns();
     int why = -1; /* a connection to drop at once */
 
@@ -502,14 +555,15 @@ void leash__down_message(struct leash_pool *p, char *out, size_t outlen)
 {
     uint64_t now = leash__mono_ns();
     uint64_t since = atomic_load(&p->down_since_ns);
-    char age[32];
+    char age[32], desc[LEASH_TARGET_DESC_MAX];
     fmt_age(age, sizeof age, since && now > since ? now - since : 0);
+    leash__pool_desc(p, desc, sizeof desc);
     pthread_mutex_lock(&p->lock);
     uint64_t next = p->next_attempt_ns > now ? p->next_attempt_ns - now : 0;
     snprintf(out, outlen,
              "pool \"%s\" (%s): backend %s down for %s (%u connect attempts in a row failed; "
              "next attempt in %llu ms); last error: %s",
-             p->name, p->adapter->kind, pool_target(p)->desc, age,
+             p->name, p->adapter->kind, desc, age,
              atomic_load(&p->consecutive_failures), (unsigned long long)(next / 1000000u),
              p->last_error[0] ? p->last_error : "?");
     pthread_mutex_unlock(&p->lock);

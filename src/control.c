@@ -97,6 +97,10 @@ int leash_pool_check_peer(leash_pool *p, const char *peer)
 {
     if (!pool_arg(p, "leash_pool_check_peer"))
         return -1;
+    if (atomic_load(&p->closed)) {
+        leash__fail(LEASH_ECLOSED, "leash_pool_check_peer: pool \"%s\" is closed", p->name);
+        return -1;
+    }
     int n = 0;
     FOR_EACH_SLOT(p, s)
     {
@@ -137,6 +141,7 @@ leash_status leash_pool_retarget(leash_pool *p, const char *target)
         }
     }
     pthread_mutex_lock(&p->lock);
+    atomic_store(&p->live_seq, 0); /* the new target's own description until it connects */
     t->prev = atomic_load(&p->target);
     /* release: pairs with the acquire in pool_target (connect jobs, dumps) */
     atomic_store_explicit(&p->target, t, memory_order_release);

@@ -102,6 +102,11 @@ struct leash_pool {
     const leash_adapter *adapter;
     void *ctx;
     _Atomic(struct leash_target *) target; /* current; older ones linked from it */
+    /* The adapter's description of the target as of the last connect (e.g. a Sentinel pool's
+     * current master), under a sequence lock: odd while written (under the pool lock),
+     * byte-wise atomics so the dumps can copy it without a lock. Empty: use target's. */
+    _Atomic uint32_t live_seq;
+    _Atomic char live_desc[LEASH_TARGET_DESC_MAX];
 
     /* resolved options */
     _Atomic int min_idle;
@@ -170,6 +175,10 @@ static inline uint32_t slots_allocated(const struct leash_pool *p)
 #define FOR_EACH_SLOT(p, s)                                                                        \
     for (uint32_t i_##s = 0, n_##s = slots_allocated(p); i_##s < n_##s; i_##s++)                   \
         for (struct leash_handle *s = slot_at(p, i_##s); s; s = NULL)
+
+/* Copies the pool's current description (the live one after a connect, else the
+ * target's) into out. Async-signal-safe. */
+void leash__pool_desc(struct leash_pool *p, char *out, size_t outlen);
 
 static inline const struct leash_target *pool_target(const struct leash_pool *p)
 {

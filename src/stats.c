@@ -658,7 +658,9 @@ static void text_pool(struct out *o, struct leash_pool *p, uint64_t now, int sin
     o_str(o, "\" (");
     o_str(o, p->adapter->kind);
     o_str(o, ") ");
-    o_str(o, pool_target(p)->desc);
+    char desc[LEASH_TARGET_DESC_MAX];
+    leash__pool_desc(p, desc, sizeof desc);
+    o_str(o, desc);
     if (atomic_load(&p->closed))
         o_str(o, "  [closed]");
     else if (atomic_load(&p->draining))
@@ -847,7 +849,9 @@ static void dump_json(struct out *o)
         o_str(o, "\",\"kind\":\"");
         o_esc(o, p->adapter->kind);
         o_str(o, "\",\"target\":\"");
-        o_esc(o, pool_target(p)->desc);
+        char desc[LEASH_TARGET_DESC_MAX];
+        leash__pool_desc(p, desc, sizeof desc);
+        o_esc(o, desc);
         o_str(o, "\",\"closed\":");
         o_str(o, atomic_load(&p->closed) ? "true" : "false");
         for (size_t i = 0; i < NMETRICS; i++) {
