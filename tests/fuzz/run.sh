@@ -54,8 +54,9 @@ for t in "${targets[@]}"; do
   rm -rf "$work"
   grep -E '^stat::number_of_executed_units|^Done|^#[0-9]+ *DONE' "$log" | tail -2 | sed "s/^/fuzz: $t: /"
   if [ $rc -ne 0 ]; then
-    echo "fuzz: $t FAILED (exit $rc); the last lines of $log:" >&2
-    tail -30 "$log" >&2
+    echo "fuzz: $t FAILED (exit $rc); from $log:" >&2
+    grep -a -A6 '^=== fuzz-' "$log" | head -8 >&2 || true
+    grep -a -E '^(SUMMARY|==[0-9]+==ERROR)|runtime error|Test unit written' "$log" | head -5 >&2 || true
     failed+=("$t")
   fi
 done
