@@ -20,6 +20,7 @@ struct job {
     struct leash_pool *pool;
     struct leash_handle *slot;
     struct leash_waiter *requester; /* under the pool lock */
+    int probe;                      /* started while the pool was down */
     /* a keepalive job: idle slots (owned by the job) to validate */
     uint32_t nchecks;
     struct leash_handle *checks[];
@@ -147,7 +148,9 @@ static void connect_ok_locked(struct leash_pool *p, uint64_t now)
     p->next_attempt_ns = 0;
 }
 
-static void connect_failed_locked(struct leash_pool *p, uint64_t now, const char *why)
+/* probe: the attempt started while the pool was down (only those double the backoff; one
+ * that started before the pool went down and fails after it does not). */
+static void connect_failed_locked(struct leash_pool *p, uint64_t now, const char *why, int probe)
 {
     uint32_t n = atomic_load(&p->consecutive_failures) + 1;
     atomic_store(&p->consecutive_failures, n);
@@ -158,8 +161,10 @@ static void connect_failed_locked(struct leash_pool *p, uint64_t now, const char
     if (!pool_down(p)) {
         atomic_store(&p->down_since_ns, now);
         p->backoff_ns = BACKOFF_MIN_NS;
-    } else {
+    } else if (probe) {
         p->backoff_ns *= 2;
+    } else {
+        return; /* a straggler from before: the schedule stands */
     }
     if (p->backoff_ns > p->backoff_max_ns)
         p->backoff_ns = p->backoff_max_ns;
@@ -290,7 +295,7 @@ static void *job_main(void *arg)
         }
     } else {
         count(&p->connect_failures);
-        connect_failed_locked(p, now, clean);
+        connect_failed_locked(p, now, clean, j->probe);
         if (req) {
             req->connect_failed = 1;
             snprintf(req->error, sizeof req->error, "pool \"%s\" (%s): connect to %s failed: %s",
@@ -402,6 +407,7 @@ int leash__connect_start_locked(struct leash_pool *p, struct leash_waiter *reque
         j->pool = p;
         j->slot = s;
         j->requester = requester;
+        j->probe = pool_down(p);
         pthread_mutex_lock(&jobs_lock);
         /* Started with the pool lock held: the job's first step (connect) needs no lock, and
          * the bookkeeping below must see it started. */
