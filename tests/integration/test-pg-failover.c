@@ -95,6 +95,28 @@ static void test_pools_land_by_role(void **state)
     free(text);
 }
 
+/* Keepalive asks too: idle connections of a read-write pool whose server turns read-only
+ * are retired by leash's own thread, with nobody borrowing. */
+static void test_keepalive_rechecks_role(void **state)
+{
+    leash_pool_options o = {.max_size = 2, .acquire_timeout_ms = 1000, .keepalive_ms = 100};
+    leash_pool *p = leash_pg_pool("keepalive-role", HA_A " target_session_attrs=read-write", &o);
+    assert_non_null(p);
+    leash_handle *a = take(p), *b = take(p);
+    leash_release(&a);
+    leash_release(&b);
+    assert_int_equal(pgha("readonly", "a"), 0);
+    double until = now_s() + 5;
+    while (stats(p).destroyed_invalid < 2 && now_s() < until)
+        sleep_ms(50);
+    leash_pool_stats s = stats(p);
+    assert_int_equal(s.destroyed_invalid, 2);
+    assert_true(s.keepalives >= 2);
+    assert_int_equal(s.acquired, 2);
+    assert_int_equal(s.size, 0);
+    assert_balanced(p);
+}
+
 /* ---- writers ---- */
 
 struct writer {
@@ -525,6 +547,8 @@ int main(void)
     };
     const struct CMUnitTest failover[] = {
         cmocka_unit_test_setup_teardown(test_pools_land_by_role, setup_topology, teardown_no_leaks),
+        cmocka_unit_test_setup_teardown(test_keepalive_rechecks_role, setup_topology,
+                                        teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_crash_failover, setup_topology, teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_demoted_primary, setup_topology, teardown_no_leaks),
         cmocka_unit_test_setup_teardown(test_demoted_primary_through_pgbouncer, setup_topology,
