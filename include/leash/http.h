@@ -21,9 +21,16 @@ typedef struct leash_http_options { /* zero: default */
     int insecure;                   /* 1: no TLS verification (explicit, and shown in dumps) */
 } leash_http_options;
 
-/* Opens a pool of HTTP clients for base_url (http:// or https://, host, optional port and
- * path prefix; no trailing '/' needed). Checked at once: a malformed URL returns NULL with
- * LEASH_EINVAL. opts NULL: pool defaults. Copies its arguments.
+/* Opens a pool of HTTP clients for base_url (http:// or https://, optional user:password@,
+ * host, optional port and path prefix; no trailing '/' needed). Checked at once: a malformed
+ * URL returns NULL with LEASH_EINVAL and a message that names the pool and the bad part but
+ * never any part of a user name or password. In a user name or password, '/', '?', '#', '@',
+ * '[' and ']' must be percent-encoded (raw, they cannot be told from the host or the path:
+ * refused), and a '%' must start an escape. opts NULL: pool defaults. Copies its arguments.
+ * leash_pool_retarget takes a new base URL, checked the same way: connections made after it
+ * use it; a handle held across it keeps the old base until it is released (its connection
+ * is then retired). Each connection's peer (leash_pool_evict_peer) is the base URL's
+ * "host:port", the port 80 or 443 when the URL names none.
  * Each pooled easy handle keeps one live connection, made at its first request (so a
  * refused connection is LEASH_EIO from the request, not LEASH_ECONNECT from acquire).
  * Handles are set up with: protocols http and https only; redirects not followed (a 3xx
