@@ -84,10 +84,14 @@ static void test_hold_of_3ms(void **state)
     leash_pool_stats after = stats(p);
     uint64_t held = after.hold_ns_total - before.hold_ns_total;
     assert_bracketed("3 ms hold", held, t2 - t1, t3 - t0);
-    if (held < 2500000 || held > 20 * MS)
-        fail_msg("a 3 ms hold read as %llu ns", (unsigned long long)held);
+    /* Not a tick: about 3 ms, unless the machine made the test itself sleep longer (the
+     * bracket above holds either way). */
+    uint64_t ceiling = t3 - t0 > 20 * MS ? t3 - t0 + (t3 - t0) / 33 + 20000 : 20 * MS;
+    if (held < 2500000 || held > ceiling)
+        fail_msg("a 3 ms hold read as %llu ns (the test saw %llu ns around it)",
+                 (unsigned long long)held, (unsigned long long)(t3 - t0));
     assert_true(after.hold_ns_max >= held);
-    assert_true(after.hold_ns_max <= 20 * MS);
+    assert_true(after.hold_ns_max <= ceiling);
     leash_pool_close(p);
 }
 
