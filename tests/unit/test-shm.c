@@ -400,14 +400,12 @@ static void *reader_main(void *arg)
 }
 
 /* The page read while 8 threads hammer a pool of 4: every copy is whole (the text from its
- * first line to its last, JSON and Prometheus complete), and acquired never goes back from
- * one refresh to the next. The threads work in rounds and park between them; a refresh
- * published while they are parked shows a quiet pool, where DESIGN.md's invariant holds
- * exactly: acquired == released + discarded + leaks_reclaimed + leaks_at_close + in_use, in
- * the JSON and in the text of every such snapshot. A copy that mixed two refreshes (rounds
- * apart) would break it. Snapshots the maintenance thread took mid-round are checked for
- * wholeness and order only: the dumps read the counters one by one, so a busy pool's
- * snapshot may be off by the borrows in flight. Bad input: copies racing the writer. */
+ * first line to its last, JSON and Prometheus complete), acquired never goes back from one
+ * refresh to the next, and DESIGN.md's counting invariant, acquired == released + discarded
+ * + leaks_reclaimed + leaks_at_close + in_use, holds in the JSON and in the text of every
+ * copy: those refreshed while the threads run (mid-round) and those refreshed while they
+ * are parked between rounds (a quiet pool). A copy mixing two refreshes, rounds apart,
+ * would break it. Bad input: copies racing the writer. */
 static void test_page_while_threads_hammer(void **state)
 {
     (void)state;
@@ -446,7 +444,7 @@ static void test_page_while_threads_hammer(void **state)
     pthread_barrier_destroy(&hm.go);
     pthread_barrier_destroy(&hm.parked);
 
-    int n = atomic_load(&rd.n), checked = 0;
+    int n = atomic_load(&rd.n), quiet_seen = 0, busy_seen = 0;
     assert_int_equal(rd.busy, 0);
     unsigned long long last_acquired = 0;
     uint64_t last_refresh = 0;
@@ -460,15 +458,18 @@ static void test_page_while_threads_hammer(void **state)
         int is_quiet = 0;
         for (int q = 0; q < nquiet && !is_quiet; q++)
             is_quiet = quiet[q] == sn->refreshes;
-        if (!is_quiet)
-            continue;
-        checked++;
+        quiet_seen += is_quiet;
+        busy_seen += !is_quiet;
         if (sn->lhs != sn->rhs || sn->tl != sn->tr)
-            fail_msg("refresh %llu: JSON acquired %llu vs %llu, text %llu vs %llu",
-                     (unsigned long long)sn->refreshes, sn->lhs, sn->rhs, sn->tl, sn->tr);
+            fail_msg("refresh %llu (%s): JSON acquired %llu vs %llu, text %llu vs %llu",
+                     (unsigned long long)sn->refreshes, is_quiet ? "quiet" : "busy", sn->lhs,
+                     sn->rhs, sn->tl, sn->tr);
     }
-    if (checked < 50)
-        fail_msg("only %d of %d copies were of quiet refreshes", checked, n);
+    if (quiet_seen < 50 || busy_seen < 10)
+        fail_msg("%d copies: %d of quiet refreshes, %d of busy ones (too few to tell)", n,
+                 quiet_seen, busy_seen);
+    print_message("      %d copies (%d of refreshes taken mid-round), the invariant in each\n", n,
+                  busy_seen);
     /* and the last refresh has every borrow */
     assert_true(leash__shm_refresh_now() > 0);
     void *copy;
@@ -483,7 +484,6 @@ static void test_page_while_threads_hammer(void **state)
     free(json);
     free(text);
     free(copy);
-    print_message("      %d copies, %d of quiet refreshes checked exactly\n", n, checked);
     assert_balanced(hm.pool);
     leash_pool_close(hm.pool);
 }
@@ -514,8 +514,9 @@ static void test_large_page(void **state)
     struct leash_page pg = read_own(&copy);
     assert_int_equal(pg.h.pools, 10);
     assert_int_equal(pg.h.held, 1000);
-    /* the oldest was taken before the 30 ms pause, on the exact clock */
-    assert_true(pg.h.oldest_hold_ns >= 30000000ull && pg.h.oldest_hold_ns < 10000000000ull);
+    /* the oldest was taken before the 30 ms pause, on the exact clock (under valgrind,
+     * taking the 1,000 handles may take many seconds: only a sane upper bound) */
+    assert_true(pg.h.oldest_hold_ns >= 30000000ull && pg.h.oldest_hold_ns < 600000000000ull);
     assert_int_equal(pg.h.flags, 0);
     char *text = section(&pg, LEASH_SHM_TEXT);
     assert_non_null(strstr(text, "pool \"big9\""));
