@@ -33,9 +33,9 @@ void leash__log(int level, const char *fmt, ...) LEASH_PRINTF(2, 3);
  * it logged. */
 int leash__log_once(const void *key, int line, int level, const char *fmt, ...) LEASH_PRINTF(4, 5);
 
-/* Copies in to out (outlen bytes, always NUL-terminated) with passwords removed: URL
- * userinfo passwords (scheme://user:secret@host -> scheme://user:***@host) and
- * password=... / password='...' key-value pairs. */
+/* Copies in to out (outlen bytes, always NUL-terminated) with every password removed: URL
+ * userinfo (up to the last '@'), password=/password: key-value pairs however quoted, JSON and
+ * SQL forms; the rules are written above the function in error.c. */
 void leash__redact(const char *in, char *out, size_t outlen);
 
 /* CLOCK_MONOTONIC in nanoseconds. */

@@ -21,6 +21,7 @@ struct job {
     struct leash_handle *slot;
     struct leash_waiter *requester; /* under the pool lock */
     int probe;                      /* started while the pool was down */
+    int validate;                   /* validates slot (an idle connection) instead */
     /* a keepalive job: idle slots (owned by the job) to validate */
     uint32_t nchecks;
     struct leash_handle *checks[];
@@ -360,6 +361,74 @@ static void *check_main(void *arg)
         leash__maintenance_nudge(); /* replace what failed */
     job_done(j);
     return NULL;
+}
+
+/* Validation on acquire, off the borrower's thread. */
+static void *validate_main(void *arg)
+{
+    struct job *j = arg;
+    struct leash_pool *p = j->pool;
+    struct leash_handle *s = j->slot;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    atomic_store(&s->recheck, 0);
+    int why = -1;
+    if (p->adapter->validate(p->ctx, s->conn) != 0) {
+        count(&p->validation_failures);
+        why = GONE_INVALID;
+    } else if (atomic_load(&s->retire)) {
+        why = atomic_load(&s->retire) - 1; /* evicted while it was checked */
+    } else if (ld(&s->conn_epoch) != ld(&p->evict_epoch)) {
+        why = GONE_EVICTED;
+    }
+    pthread_mutex_lock(&p->lock);
+    struct leash_waiter *req = j->requester;
+    if (req)
+        req->job = NULL;
+    if (why < 0 && (atomic_load(&p->closed) || atomic_load(&p->draining)))
+        why = GONE_CLOSED;
+    if (why < 0) {
+        atomic_store_explicit(&s->idle_since, leash__clock_raw(), memory_order_relaxed);
+        if (!leash__wait_give_locked(p, s)) {
+            slot_set(s, SLOT_IDLE);
+            stack_push(p, s);
+            leash__signal_head_locked(p);
+        }
+    } else {
+        leash__wait_kick_locked(p); /* someone may connect instead */
+    }
+    pthread_mutex_unlock(&p->lock);
+    if (why >= 0)
+        leash__retire(p, s, why);
+    job_done(j);
+    return NULL;
+}
+
+int leash__validate_start(struct leash_pool *p, struct leash_handle *s, struct leash_waiter *w)
+{
+    struct job *j = leash__calloc(1, sizeof *j);
+    if (!j)
+        return -1;
+    j->pool = p;
+    j->slot = s;
+    j->validate = 1;
+    pthread_mutex_lock(&p->lock);
+    j->requester = w;
+    pthread_mutex_lock(&jobs_lock);
+    int rc = pthread_create(&j->thread, NULL, validate_main, j);
+    if (rc == 0) {
+        j->next = jobs;
+        jobs = j;
+        w->job = j;
+    }
+    pthread_mutex_unlock(&jobs_lock);
+    pthread_mutex_unlock(&p->lock);
+    if (rc != 0) {
+        leash__free(j);
+        return -1;
+    }
+    return 0;
 }
 
 int leash__check_start(struct leash_pool *p, struct leash_handle **v, uint32_t n)

@@ -91,8 +91,10 @@ static inline __attribute__((always_inline)) leash_handle *lend(struct leash_poo
     return h_make(s, borrow);
 }
 
-/* s came off the idle stack or a cache: 1 if it may be lent as it is. Otherwise it is too
- * old, retired, evicted or fails validation: destroyed, slot freed, 0. */
+/* s came off the idle stack or a cache: 1 if it may be lent as it is; 2 if it must be
+ * validated first (on a job thread: the acquire's deadline bounds the wait for it);
+ * otherwise it is too old, retired or evicted: destroyed, slot freed, 0. */
+enum { STALE = 0, FRESH = 1, CHECK_FIRST = 2 };
 static __attribute__((noinline)) int fresh_check(struct leash_pool *p, struct leash_handle *s,
                                                  uint64_t now)
 /* now: the coarse tick (lifetimes); the idle time was judged by the caller */
@@ -105,21 +107,12 @@ static __attribute__((noinline)) int fresh_check(struct leash_pool *p, struct le
         why = GONE_LIFETIME;
     else if (ld(&s->conn_epoch) != ld(&p->evict_epoch))
         why = GONE_EVICTED;
-    else if (p->adapter->validate) {
-        atomic_store_explicit(&s->recheck, 0, memory_order_relaxed);
-        if (p->adapter->validate(p->ctx, s->conn) != 0) {
-            count(&p->validation_failures);
-            why = GONE_INVALID;
-        } else if ((retire = atomic_load(&s->retire)) != 0) {
-            why = retire - 1; /* evicted while it was validated */
-        } else if (ld(&s->conn_epoch) != ld(&p->evict_epoch)) {
-            why = GONE_EVICTED;
-        }
-    }
+    else if (p->adapter->validate)
+        return CHECK_FIRST;
     if (why < 0)
-        return 1;
+        return FRESH;
     leash__retire(p, s, why);
-    return 0;
+    return STALE;
 }
 
 /* now: the coarse tick; raw: the exact clock (idle time against validate_idle_ms) */
@@ -131,7 +124,7 @@ static inline __attribute__((always_inline)) int fresh(struct leash_pool *p,
                      !atomic_load_explicit(&s->recheck, memory_order_relaxed) &&
                      raw - ld(&s->idle_since) <= p->validate_raw && now < ld(&s->expire_ns) &&
                      ld(&s->conn_epoch) == ld(&p->evict_epoch)))
-        return 1;
+        return FRESH;
     return fresh_check(p, s, now);
 }
 
@@ -290,7 +283,7 @@ static leash_status wait_for_slot(struct leash_pool *p, int tmo, const struct ti
 }
 
 static leash_handle *acquire_slow(struct leash_pool *p, int timeout_ms, const char *file,
-                                  int line, const char *func)
+                                  int line, const char *func, struct leash_handle *check)
 {
     uint64_t t0 = leash__clock_raw();
     int tmo = timeout_ms < 0 ? p->timeout_ms : timeout_ms;
@@ -301,14 +294,25 @@ static leash_handle *acquire_slow(struct leash_pool *p, int timeout_ms, const ch
         memset(&w, 0, sizeof w);
         struct leash_handle *s = NULL;
         int got = GOT_NOTHING, fast = 0;
+        /* An idle connection this borrower took needs validating: a job does it (the wait for
+         * it is bounded by this deadline), and the connection comes back as a new one would,
+         * to the first waiter, or is replaced. */
+        if (check && leash__validate_start(p, check, &w) < 0)
+            leash__retire(p, check, GONE_INVALID); /* no thread for it: not lent unchecked */
+        check = NULL;
         pthread_mutex_lock(&p->lock);
         leash_status st = wait_for_slot(p, tmo, &deadline, &w, &s, &got, &fast);
         pthread_mutex_unlock(&p->lock);
         uint64_t t1 = leash__clock_raw();
         uint64_t waited = leash__clock_ns(t0, t1);
         if (st == LEASH_OK) {
-            if (got == GOT_IDLE && !fresh(p, s, tick(), t1))
-                continue; /* destroyed: look again, same deadline */
+            if (got == GOT_IDLE) {
+                int f = fresh(p, s, tick(), t1);
+                if (f != FRESH) {
+                    check = f == CHECK_FIRST ? s : NULL;
+                    continue; /* destroyed, or to be checked: look again, same deadline */
+                }
+            }
             if (stopping(p))
                 return refuse_draining(p, s);
             leash_handle *h = lend(p, s, t1, waited, file, line, func);
@@ -357,8 +361,9 @@ static inline __attribute__((always_inline)) leash_handle *lend_idle(struct leas
                                       const char *func)
 {
     uint64_t raw = leash__clock_raw();
-    if (LEASH_UNLIKELY(!fresh(p, s, tick(), raw)))
-        return acquire_slow(p, timeout_ms, file, line, func);
+    int f = fresh(p, s, tick(), raw);
+    if (LEASH_UNLIKELY(f != FRESH))
+        return acquire_slow(p, timeout_ms, file, line, func, f == CHECK_FIRST ? s : NULL);
     if (LEASH_UNLIKELY(stopping(p)))
         return refuse_draining(p, s);
     leash_handle *h = lend(p, s, raw, 0, file, line, func);
@@ -410,7 +415,7 @@ leash_handle *leash_acquire_at(leash_pool *p, int timeout_ms, const char *file, 
         if (LEASH_LIKELY(s != NULL))
             return lend_idle(p, s, timeout_ms, file, line, func);
     }
-    return acquire_slow(p, timeout_ms, file, line, func);
+    return acquire_slow(p, timeout_ms, file, line, func, NULL);
 }
 
 /* ---- giving back ---- */

@@ -112,6 +112,11 @@ int leash__connect_start_locked(struct leash_pool *p, struct leash_waiter *reque
 /* Starts a keepalive job for the n idle slots of v (owned by the caller, then by the job).
  * Pool lock not held. 0, or -1 if no job could start (the slots went back on the stack). */
 int leash__check_start(struct leash_pool *p, struct leash_handle **v, uint32_t n);
+/* Starts a job that validates s (an idle connection the caller took, RETURNING) for the
+ * borrower w: when it passes, it goes to the first waiter (or the stack); when it fails, it
+ * is destroyed and the waiters look again. Takes the pool lock. 0, or -1 if no job could
+ * start (s is still the caller's). */
+int leash__validate_start(struct leash_pool *p, struct leash_handle *s, struct leash_waiter *w);
 /* The waiter leaves: its connect, if still running, no longer reports to it. Pool lock held. */
 void leash__connect_orphan_locked(struct leash_pool *p, struct leash_waiter *w);
 /* The pool is down: two connects in a row failed and backoff is on. */
