@@ -156,7 +156,7 @@ static void connect_failed_locked(struct leash_pool *p, uint64_t now, const char
     uint32_t n = atomic_load(&p->consecutive_failures) + 1;
     atomic_store(&p->consecutive_failures, n);
     atomic_store(&p->last_connect_fail_ns, now);
-    snprintf(p->last_error, sizeof p->last_error, "%s", why);
+    leash__pool_set_last_error_locked(p, why);
     if (!p->backoff_max_ns || n < 2)
         return;
     if (!pool_down(p)) {
@@ -172,6 +172,9 @@ static void connect_failed_locked(struct leash_pool *p, uint64_t now, const char
     p->next_attempt_ns = now + p->backoff_ns;
 }
 
+static void seq_write(_Atomic uint32_t *seq, _Atomic char (*buf)[LEASH_TARGET_DESC_MAX],
+                      const char *src);
+
 /* The adapter may describe the target differently after a connect (a Sentinel pool's master
  * moved): the dumps show the latest. */
 static void refresh_desc(struct leash_pool *p, const struct leash_target *t)
@@ -184,37 +187,67 @@ static void refresh_desc(struct leash_pool *p, const struct leash_target *t)
     if (strcmp(now, cur) == 0)
         return;
     pthread_mutex_lock(&p->lock);
-    /* release: the odd value is seen before the bytes change (pairs with the reader's
-     * acquire loads of live_seq) */
-    atomic_fetch_add_explicit(&p->live_seq, 1, memory_order_acq_rel);
-    size_t n = strlen(now);
-    for (size_t i = 0; i <= n; i++)
-        atomic_store_explicit(&p->live_desc[i], now[i], memory_order_relaxed);
-    atomic_fetch_add_explicit(&p->live_seq, 1, memory_order_release);
+    seq_write(&p->live_seq, p->live_desc, now);
     pthread_mutex_unlock(&p->lock);
+}
+
+/* A string in two buffers of atomic bytes: the writer (under the pool lock) fills the one
+ * not published, then publishes it by moving the sequence on; a reader copies the published
+ * one and keeps the copy if at most one write happened meanwhile (it went to the other
+ * buffer). Async-signal-safe. */
+static void seq_write(_Atomic uint32_t *seq, _Atomic char (*buf)[LEASH_TARGET_DESC_MAX],
+                      const char *src)
+{
+    uint32_t next = atomic_load_explicit(seq, memory_order_relaxed) + 1;
+    _Atomic char *dst = buf[next % 2];
+    size_t n = strnlen(src, LEASH_TARGET_DESC_MAX - 1);
+    for (size_t i = 0; i < n; i++)
+        atomic_store_explicit(&dst[i], src[i], memory_order_relaxed);
+    atomic_store_explicit(&dst[n], '\0', memory_order_relaxed);
+    /* release: the bytes before the new sequence (pairs with seq_read's acquire) */
+    atomic_store_explicit(seq, next, memory_order_release);
+}
+
+/* 1 if out holds a consistent copy (possibly ""). */
+static int seq_read(_Atomic uint32_t *seq, _Atomic char (*buf)[LEASH_TARGET_DESC_MAX],
+                    char *out, size_t outlen)
+{
+    if (!outlen)
+        return 0;
+    for (int tries = 0; tries < 64; tries++) {
+        uint32_t s1 = atomic_load_explicit(seq, memory_order_acquire);
+        _Atomic char *src = buf[s1 % 2];
+        size_t i = 0;
+        for (; i + 1 < outlen && i < LEASH_TARGET_DESC_MAX; i++) {
+            out[i] = atomic_load_explicit(&src[i], memory_order_relaxed);
+            if (!out[i])
+                break;
+        }
+        out[i < outlen ? i : outlen - 1] = '\0';
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(seq, memory_order_relaxed) - s1 < 2)
+            return 1;
+    }
+    out[0] = '\0';
+    return 0;
+}
+
+void leash__pool_set_last_error_locked(struct leash_pool *p, const char *msg)
+{
+    seq_write(&p->last_error_seq, p->last_error, msg);
+}
+
+void leash__pool_last_error(struct leash_pool *p, char *out, size_t outlen)
+{
+    seq_read(&p->last_error_seq, p->last_error, out, outlen);
 }
 
 void leash__pool_desc(struct leash_pool *p, char *out, size_t outlen)
 {
+    if (atomic_load_explicit(&p->live_seq, memory_order_acquire) != 0 &&
+        seq_read(&p->live_seq, p->live_desc, out, outlen) && out[0])
+        return;
     const struct leash_target *t = pool_target(p);
-    for (int tries = 0; tries < 16; tries++) {
-        uint32_t s1 = atomic_load_explicit(&p->live_seq, memory_order_acquire);
-        if (s1 == 0)
-            break; /* never refreshed */
-        if (s1 & 1)
-            continue;
-        size_t i = 0;
-        for (; i + 1 < outlen && i < LEASH_TARGET_DESC_MAX; i++) {
-            out[i] = atomic_load_explicit(&p->live_desc[i], memory_order_relaxed);
-            if (!out[i])
-                break;
-        }
-        if (outlen)
-            out[i < outlen ? i : outlen - 1] = '\0';
-        atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(&p->live_seq, memory_order_relaxed) == s1 && out[0])
-            return;
-    }
     size_t n = strnlen(t->desc, sizeof t->desc);
     if (n >= outlen)
         n = outlen ? outlen - 1 : 0;
@@ -621,8 +654,10 @@ void leash__describe_state(struct leash_pool *p, char *out, size_t outlen)
         n += (size_t)snprintf(out + n, outlen - n, ", %u %s in flight", connecting,
                               connecting == 1 ? "connect" : "connects");
     pthread_mutex_lock(&p->lock);
-    if (p->last_error[0] && n < outlen)
-        snprintf(out + n, outlen - n, "; last connect error: %s", p->last_error);
+    char last[sizeof p->last_error[0]];
+    leash__pool_last_error(p, last, sizeof last);
+    if (last[0] && n < outlen)
+        snprintf(out + n, outlen - n, "; last connect error: %s", last);
     pthread_mutex_unlock(&p->lock);
 }
 
@@ -630,9 +665,10 @@ void leash__down_message(struct leash_pool *p, char *out, size_t outlen)
 {
     uint64_t now = leash__mono_ns();
     uint64_t since = atomic_load(&p->down_since_ns);
-    char age[32], desc[LEASH_TARGET_DESC_MAX];
+    char age[32], desc[LEASH_TARGET_DESC_MAX], last[sizeof p->last_error[0]];
     fmt_age(age, sizeof age, since && now > since ? now - since : 0);
     leash__pool_desc(p, desc, sizeof desc);
+    leash__pool_last_error(p, last, sizeof last);
     pthread_mutex_lock(&p->lock);
     uint64_t next = p->next_attempt_ns > now ? p->next_attempt_ns - now : 0;
     snprintf(out, outlen,
@@ -640,6 +676,6 @@ void leash__down_message(struct leash_pool *p, char *out, size_t outlen)
              "next attempt in %llu ms); last error: %s",
              p->name, p->adapter->kind, desc, age,
              atomic_load(&p->consecutive_failures), (unsigned long long)(next / 1000000u),
-             p->last_error[0] ? p->last_error : "?");
+             last[0] ? last : "?");
     pthread_mutex_unlock(&p->lock);
 }

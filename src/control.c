@@ -146,7 +146,7 @@ leash_status leash_pool_retarget(leash_pool *p, const char *target)
     /* release: pairs with the acquire in pool_target (connect jobs, dumps) */
     atomic_store_explicit(&p->target, t, memory_order_release);
     /* A new backend: whatever the old one's state, the next borrower tries it at once. */
-    p->last_error[0] = '\0';
+    leash__pool_set_last_error_locked(p, "");
     atomic_store(&p->consecutive_failures, 0);
     atomic_store(&p->down_since_ns, 0);
     p->next_attempt_ns = 0;
@@ -243,10 +243,8 @@ leash_status leash_pool_health(leash_pool *p)
      * still see a backend that refuses every connect. */
     uint32_t failed = atomic_load(&p->consecutive_failures);
     if (failed >= 2) {
-        char last[sizeof p->last_error];
-        pthread_mutex_lock(&p->lock);
-        memcpy(last, p->last_error, sizeof last);
-        pthread_mutex_unlock(&p->lock);
+        char last[sizeof p->last_error[0]];
+        leash__pool_last_error(p, last, sizeof last);
         return leash__fail(LEASH_ECONNECT,
                            "pool \"%s\" (%s): backend %s: the last %u connect attempts failed; "
                            "last error: %s",

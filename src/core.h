@@ -106,7 +106,7 @@ struct leash_pool {
      * current master), under a sequence lock: odd while written (under the pool lock),
      * byte-wise atomics so the dumps can copy it without a lock. Empty: use target's. */
     _Atomic uint32_t live_seq;
-    _Atomic char live_desc[LEASH_TARGET_DESC_MAX];
+    _Atomic char live_desc[2][LEASH_TARGET_DESC_MAX];
 
     /* resolved options */
     _Atomic int min_idle;
@@ -135,7 +135,10 @@ struct leash_pool {
 
     pthread_mutex_t lock;
     struct leash_waiter *wait_head, *wait_tail; /* under lock */
-    char last_error[256];                       /* under lock: last connect failure */
+    /* The last connect failure (password-free): written under the lock with a sequence,
+     * byte-wise atomics, so the dumps copy it without a lock (leash__pool_last_error). */
+    _Atomic uint32_t last_error_seq;
+    _Atomic char last_error[2][256];
     uint32_t rng;                               /* under lock */
     const char *peers[LEASH_PEERS];             /* under lock (append-only; read lock-free) */
     _Atomic int npeers;
@@ -179,6 +182,10 @@ static inline uint32_t slots_allocated(const struct leash_pool *p)
 /* Copies the pool's current description (the live one after a connect, else the
  * target's) into out. Async-signal-safe. */
 void leash__pool_desc(struct leash_pool *p, char *out, size_t outlen);
+/* Copies the pool's last connect error ("" if none) into out. Async-signal-safe. */
+void leash__pool_last_error(struct leash_pool *p, char *out, size_t outlen);
+/* Sets it (pool lock held). */
+void leash__pool_set_last_error_locked(struct leash_pool *p, const char *msg);
 
 static inline const struct leash_target *pool_target(const struct leash_pool *p)
 {

@@ -179,18 +179,37 @@ static void prom_sites(struct out *o)
     }
 }
 
+/* The first pools' numbers are gathered once per exposition (one consistent snapshot per
+ * pool, and a walk of its slots instead of one per metric); beyond that, per metric. */
+#define PROM_CACHED_POOLS 16
+
 void leash__dump_prometheus(struct out *o)
 {
     char name[96];
+    uint64_t cached[PROM_CACHED_POOLS][METRICS_MAX];
+    int ncached = 0;
+    FOR_EACH_OPEN_POOL(p)
+    {
+        if (ncached == PROM_CACHED_POOLS)
+            break;
+        leash_pool_stats st;
+        leash__gather(p, &st);
+        leash__values(&st, cached[ncached++]);
+    }
     for (size_t i = 0; i < NMETRICS; i++) {
-        prom_name(name, "leash_pool_", leash__metrics[i].name, leash__metrics[i].gauge ? "" : "_total");
+        prom_name(name, "leash_pool_", leash__metrics[i].name,
+                  leash__metrics[i].gauge ? "" : "_total");
         prom_head(o, name, leash__metrics[i].help, leash__metrics[i].gauge ? "gauge" : "counter");
+        int k = 0;
         FOR_EACH_OPEN_POOL(p)
         {
-            leash_pool_stats st;
-            leash__gather(p, &st);
-            uint64_t v[48];
-            leash__values(&st, v);
+            uint64_t more[METRICS_MAX];
+            const uint64_t *v = k < ncached ? cached[k] : more;
+            if (k++ >= ncached) {
+                leash_pool_stats st;
+                leash__gather(p, &st);
+                leash__values(&st, more);
+            }
             o_str(o, name);
             prom_labels(o, p);
             o_str(o, " ");

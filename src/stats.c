@@ -2,6 +2,7 @@
  * dump-text.c and dump-prom.c), leak reports and the strict-mode report. Nothing here takes a
  * lock or allocates. */
 #include "dump.h"
+#include "shm.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -380,5 +381,6 @@ _Noreturn void leash__strict_abort(struct leash_pool *p, struct leash_handle *s,
     }
     o_str(&o, "\n  (strict mode: LEASH_STRICT=1 or leash_config.strict; aborting)\n");
     o_flush(&o);
+    leash__shm_forget(); /* an aborted process leaves no stats page behind */
     abort();
 }
