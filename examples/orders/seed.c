@@ -29,7 +29,11 @@ static const char *const schema_sql = "CREATE SCHEMA IF NOT EXISTS shop;"
                                       "  event text NOT NULL,"
                                       "  total_cents bigint,"
                                       "  at timestamptz NOT NULL DEFAULT now());"
-                                      "TRUNCATE shop.orders, shop.order_events;";
+                                      "TRUNCATE shop.orders, shop.order_events;"
+                                      /* one event per order: orders inserts it with ON
+                                       * CONFLICT DO NOTHING, so a job run twice adds none */
+                                      "CREATE UNIQUE INDEX IF NOT EXISTS order_events_once"
+                                      "  ON shop.order_events (order_id);";
 
 /* Every 29th order has quantity 0 and every 50th an unknown product: both are rejected
  * by orders (and the first is the error path leak-hunt gets wrong). */
