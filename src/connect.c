@@ -193,8 +193,8 @@ static void refresh_desc(struct leash_pool *p, const struct leash_target *t)
 
 /* A string in two buffers of atomic bytes: the writer (under the pool lock) fills the one
  * not published, then publishes it by moving the sequence on; a reader copies the published
- * one and keeps the copy if at most one write happened meanwhile (it went to the other
- * buffer). Async-signal-safe. */
+ * one and keeps the copy if the sequence did not move meanwhile (a write in progress fills
+ * the other buffer, so a reader is only disturbed by a write it can see). Async-signal-safe. */
 static void seq_write(_Atomic uint32_t *seq, _Atomic char (*buf)[LEASH_TARGET_DESC_MAX],
                       const char *src)
 {
@@ -225,7 +225,9 @@ static int seq_read(_Atomic uint32_t *seq, _Atomic char (*buf)[LEASH_TARGET_DESC
         }
         out[i < outlen ? i : outlen - 1] = '\0';
         atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(seq, memory_order_relaxed) - s1 < 2)
+        /* unchanged: no write was published into this buffer meanwhile (a write in progress
+         * goes to the other one until it is published) */
+        if (atomic_load_explicit(seq, memory_order_relaxed) == s1)
             return 1;
     }
     out[0] = '\0';

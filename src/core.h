@@ -48,7 +48,7 @@ struct leash_site {
     _Atomic uint64_t acquired, timeouts, wait_total, wait_max, hold_total, hold_max;
     _Atomic uint64_t n[PROB_KINDS];
     _Atomic uint64_t base[PROB_KINDS]; /* at the last text dump */
-    _Atomic uint64_t shown[3]; /* acquired, wait and hold totals last reported (kept monotonic) */
+    _Atomic uint64_t shown[3]; /* acquired, wait and hold totals of the last consistent read */
 };
 
 struct leash_waiter {
@@ -153,7 +153,8 @@ struct leash_pool {
     struct leash_hooks_box *hooks_parked; /* under lock: sets removed by a NULL set */
 
     struct leash_site sites[LEASH_SITES + 1];
-    _Atomic uint64_t site_seq; /* odd while a slot folds its per-site numbers into the table */
+    _Atomic uint32_t site_busy; /* slots folding their per-site numbers into the table now */
+    _Atomic uint64_t site_gen;  /* folds completed */
 
     /* the text dump's baseline ("changed since the last dump") */
     _Atomic int base_valid;

@@ -58,9 +58,10 @@ void leash__site_flush(struct leash_pool *p, struct leash_handle *s)
     if (i > LEASH_SITE_OTHER)
         return;
     struct leash_site *e = &p->sites[i];
-    /* A sequence around the move, so a reader never counts the numbers twice (in the table
-     * and still in the slot) or not at all. Rare: only when a slot changes site. */
-    atomic_fetch_add_explicit(&p->site_seq, 1, memory_order_acq_rel);
+    /* Folds in progress are counted, and each completed one moves the generation on, so a
+     * reader never counts the numbers twice (in the table and still in the slot) or not at
+     * all. Rare: only when a slot changes site. seq_cst: ordered with the reader's loads. */
+    atomic_fetch_add(&p->site_busy, 1);
     atomic_fetch_add_explicit(&e->acquired, ld(&s->acc_acquired), memory_order_relaxed);
     atomic_fetch_add_explicit(&e->wait_total, ld(&s->acc_wait_total), memory_order_relaxed);
     atomic_fetch_add_explicit(&e->hold_total, ld(&s->acc_hold_total), memory_order_relaxed);
@@ -71,8 +72,8 @@ void leash__site_flush(struct leash_pool *p, struct leash_handle *s)
     atomic_store_explicit(&s->acc_hold_total, 0, memory_order_relaxed);
     atomic_store_explicit(&s->acc_wait_max, 0, memory_order_relaxed);
     atomic_store_explicit(&s->acc_hold_max, 0, memory_order_relaxed);
-    /* release: pairs with the acquire re-read in leash__site_get */
-    atomic_fetch_add_explicit(&p->site_seq, 1, memory_order_release);
+    atomic_fetch_add(&p->site_gen, 1);
+    atomic_fetch_sub(&p->site_busy, 1);
 }
 
 /* Entries i and j name the same site: the same line of files with the same name (a header
@@ -141,22 +142,25 @@ static void site_get_one(struct leash_pool *p, uint32_t i, leash_site_stats *out
  * entry that names the same site. Async-signal-safe. */
 void leash__site_get(struct leash_pool *p, uint32_t i, leash_site_stats *out)
 {
-    for (int tries = 0;; tries++) {
-        uint64_t seq = atomic_load_explicit(&p->site_seq, memory_order_acquire);
-        site_get_all(p, i, out);
-        atomic_thread_fence(memory_order_acquire);
-        if ((!(seq & 1) && atomic_load_explicit(&p->site_seq, memory_order_relaxed) == seq) ||
-            tries == 64)
-            break;
-    }
-    /* Counters never go back, even when slots kept changing site through every try: a value
-     * below one reported before is reported as that one. */
+    /* Consistent when no fold was in progress at either end and none completed between.
+     * A consistent read is remembered; when slots keep changing sites through every try,
+     * the counters read as the last consistent read (never more than the truth, never less
+     * than an earlier answer: counters stay monotonic). */
     struct leash_site *e = &p->sites[i];
+    int consistent = 0;
+    for (int tries = 0; tries < 64 && !consistent; tries++) {
+        uint64_t g1 = atomic_load(&p->site_gen);
+        int idle = atomic_load(&p->site_busy) == 0;
+        site_get_all(p, i, out);
+        consistent = idle && atomic_load(&p->site_busy) == 0 && atomic_load(&p->site_gen) == g1;
+    }
     uint64_t *v[3] = {&out->acquired, &out->wait_ns_total, &out->hold_ns_total};
     for (int k = 0; k < 3; k++) {
-        count_max(&e->shown[k], *v[k]);
-        if (*v[k] < ld(&e->shown[k]))
-            *v[k] = ld(&e->shown[k]);
+        if (consistent)
+            count_max(&e->shown[k], *v[k]);
+        uint64_t last = ld(&e->shown[k]);
+        if (!consistent || *v[k] < last)
+            *v[k] = last;
     }
 }
 

@@ -316,6 +316,8 @@ typedef struct leash_hooks {
     void (*on_acquire)(leash_pool *pool, leash_handle *h /* NULL on failure */, uint64_t wait_ns,
                        leash_status outcome, void *arg);
     void (*on_release)(leash_pool *pool, leash_handle *h, uint64_t hold_ns, void *arg);
+    /* h names the borrow that just ended (to match it with its on_acquire); it is no longer
+     * checked out: do not use it (leash_conn on it is misuse). */
     void (*on_destroy)(leash_pool *pool, const char *reason, void *arg);
     /* reason: "broken", "dirty", "idle", "lifetime", "evicted", "invalid", "closed" */
 } leash_hooks;
