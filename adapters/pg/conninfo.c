@@ -26,25 +26,73 @@ static const char *uri_body(const char *conninfo)
     return NULL;
 }
 
-/* Parts of conninfo that may hold the password: from the first "password" (any case) to the
- * end, and the password of a URI's user information (libpq's rule: the user information ends
- * at the first "@" met before any "/"). Fills up to 2 [start, end) pairs. */
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* 1 when s[0, n) holds "password" (any case) once percent-decoded as libpq decodes a URI's
+ * query (a bad escape is kept as written): "%70assword=..." sets the password too. */
+static int decodes_to_password(const char *s, size_t n)
+{
+    static const char word[] = "password";
+    char win[sizeof word - 1] = {0}; /* the last 8 decoded bytes */
+    size_t got = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
+            c = (unsigned char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
+            i += 2;
+        }
+        memmove(win, win + 1, sizeof win - 1);
+        win[sizeof win - 1] = (char)tolower(c);
+        if (++got >= sizeof win && memcmp(win, word, sizeof win) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Parts of conninfo that may hold the password. In a key=value conninfo: from the first
+ * "password" (any case) to the end. In a URI: the password of the user information (libpq's
+ * rule: the user information ends at the first "@" met before any "/"; the region starts at
+ * its ":"), and from the first query parameter that names a password, percent-encoded or not
+ * (the region starts at the "?" or "&" before it), to the end. Fills up to 2 [start, end)
+ * pairs; a region that reaches the end is always the last. */
 static int secret_regions(const char *conninfo, size_t reg[2][2])
 {
     size_t len = strlen(conninfo);
-    int n = 0;
-    const char *pw = strcasestr(conninfo, "password");
-    if (pw) {
-        reg[n][0] = (size_t)(pw - conninfo);
-        reg[n++][1] = len;
-    }
     const char *a = uri_body(conninfo);
-    if (a) {
-        size_t span = strcspn(a, "@/");
-        const char *colon = memchr(a, ':', span);
-        if (a[span] == '@' && colon) {
+    if (!a) {
+        const char *pw = strcasestr(conninfo, "password");
+        if (!pw)
+            return 0;
+        reg[0][0] = (size_t)(pw - conninfo);
+        reg[0][1] = len;
+        return 1;
+    }
+    int n = 0;
+    size_t span = strcspn(a, "@/");
+    const char *colon = memchr(a, ':', span);
+    const char *rest = a;
+    if (a[span] == '@') {
+        rest = a + span + 1;
+        if (colon) {
             reg[n][0] = (size_t)(colon - conninfo);
             reg[n++][1] = (size_t)(a + span - conninfo);
+        }
+    }
+    for (const char *q = strchr(rest, '?'); q && *q; q += 1 + strcspn(q + 1, "&")) {
+        size_t plen = strcspn(q + 1, "&");
+        if (decodes_to_password(q + 1, plen)) {
+            reg[n][0] = (size_t)(q - conninfo);
+            reg[n++][1] = len;
+            break;
         }
     }
     return n;
@@ -82,31 +130,63 @@ static const char *quoted(const char *conninfo, const char *v, char *buf, size_t
     return buf;
 }
 
-/* Rewrites PQconninfoParse's error (which may quote a piece of the password, e.g. a bad
- * percent-escape inside it, or the whole URI) so that each quoted fragment that might come
- * from the password is replaced by a note. */
+/* Says why PQconninfoParse refused conninfo. Without a password in it, libpq's message (on one
+ * line, through leash__redact). With one, nothing libpq said about conninfo itself is shown:
+ * its message may quote any piece of the input, a piece of the password included, with the
+ * password's own quotes or percent-escapes around it (its quotes cannot be paired), or with a
+ * translation's quotes. Instead conninfo is read again with the URI's password as "***" and
+ * cut where a password parameter may begin, and what libpq says about that copy, which holds
+ * nothing of the password, is shown; when the copy reads fine, the fault is in the part left
+ * out, and nothing of it is shown. */
 static void parse_error(const char *conninfo, const char *perr, char *out, size_t outlen)
 {
-    size_t n = 0;
-    for (const char *p = perr; *p && n + 1 < outlen;) {
-        const char *close = *p == '"' ? strchr(p + 1, '"') : NULL;
-        if (!close) {
-            out[n++] = *p == '\n' ? ' ' : *p;
-            p++;
+    size_t reg[2][2];
+    int nreg = secret_regions(conninfo, reg);
+    if (nreg == 0) {
+        pg__shown(NULL, perr, 0, out, outlen);
+        return;
+    }
+    size_t len = strlen(conninfo), cut = len;
+    char *masked = malloc(len + 4);
+    if (!masked) {
+        snprintf(out, outlen, "libpq cannot read it (not shown: it holds a password)");
+        return;
+    }
+    size_t m = 0;
+    for (size_t i = 0; i < len;) {
+        int r = reg[0][0] == i ? 0 : (nreg > 1 && reg[1][0] == i ? 1 : -1);
+        if (r >= 0 && reg[r][1] == len) {
+            cut = i;
+            break;
+        }
+        if (r >= 0) {
+            masked[m++] = ':';
+            if (reg[r][1] > i + 1)
+                m += (size_t)snprintf(masked + m, 4, "***");
+            i = reg[r][1];
             continue;
         }
-        size_t len = (size_t)(close - p - 1);
-        if (fragment_safe(conninfo, p + 1, len))
-            n += (size_t)snprintf(out + n, outlen - n, "\"%.*s\"", (int)len, p + 1);
-        else
-            n += (size_t)snprintf(out + n, outlen - n, "%s", HIDDEN);
-        if (n >= outlen)
-            n = outlen - 1;
-        p = close + 1;
+        masked[m++] = conninfo[i++];
     }
-    while (n > 0 && isspace((unsigned char)out[n - 1]))
-        n--;
-    out[n] = '\0';
+    masked[m] = '\0';
+    char *again = NULL;
+    PQconninfoOption *o = PQconninfoParse(masked, &again);
+    if (!o && again) {
+        char msg[PG_MSG_MAX / 2];
+        pg__shown(NULL, again, 0, msg, sizeof msg);
+        snprintf(out, outlen, "%s (%s)", msg,
+                 cut < len ? "read up to where a password may begin; nothing after that is shown"
+                           : "read with the password as ***");
+    } else {
+        snprintf(out, outlen,
+                 "libpq cannot read %s (nothing of it is shown: it may hold the password); check "
+                 "its quotes, backslashes and percent-escapes (%%XX with two hex digits, never "
+                 "%%00)",
+                 cut < len ? "the part from where a password may begin" : "the password");
+    }
+    PQconninfoFree(o);
+    PQfreemem(again);
+    free(masked);
 }
 
 /* libpq splits a URI's user information at the first "@" before any "/": a password holding

@@ -165,6 +165,99 @@ void test_password_characters(void **state)
     assert_balanced(r);
 }
 
+/* The first 4-character piece of pw (as written, or percent-decoded) that text shows, or NULL.
+ * pw's letters occur nowhere else in the conninfos of test_password_in_parse_errors. */
+static const char *password_piece(const char *text, const char *pw)
+{
+    static char piece[5];
+    char dec[64];
+    size_t n = 0;
+    for (const char *p = pw; *p && n + 1 < sizeof dec; p++) {
+        unsigned hi, lo;
+        if (p[0] == '%' && sscanf(p + 1, "%1x%1x", &hi, &lo) == 2) {
+            dec[n++] = (char)(hi * 16 + lo);
+            p += 2;
+        } else {
+            dec[n++] = *p;
+        }
+    }
+    dec[n] = '\0';
+    const char *forms[] = {pw, dec};
+    for (int f = 0; f < 2; f++)
+        for (size_t i = 0; i + 4 <= strlen(forms[f]); i++) {
+            memcpy(piece, forms[f] + i, 4);
+            piece[4] = '\0';
+            if (strcasestr(text, piece))
+                return piece;
+        }
+    return NULL;
+}
+
+/* A conninfo libpq cannot parse, with a password in it: whatever quotes, backslashes or
+ * percent-escapes surround the password (libpq's message quotes the password, and a '"' in it
+ * breaks the pairing of the quotes), no 4-character piece of it is in the message, as written
+ * or decoded. Bad input tried: the fuzzer's case (a '"' after a bad escape), quotes around and
+ * inside the password, %00, a percent-encoded "password" key (libpq decodes keys), the
+ * password again as the port, an unquoted password with spaces, an unterminated quote, an
+ * IPv6 host left open; on open and on retarget. The message still says where the fault is,
+ * with libpq's words when the fault is outside the password. No server is needed. */
+void test_password_in_parse_errors(void **state)
+{
+    capture_start();
+    struct {
+        const char *conninfo, *pw, *says;
+    } bad[] = {
+        {"postgresql://u:%zz\"Qz7Kx9-Wv@127.0.0.1/db", "Qz7Kx9-Wv", "cannot read the password"},
+        {"postgresql://u:\"Qz7Kx9-Wv\"%zz@127.0.0.1/db", "Qz7Kx9-Wv", "cannot read the password"},
+        {"postgresql://u:Qz7\"Kx9%g\"Wv-Jy@127.0.0.1/db", "Qz7\"Kx9%g\"Wv-Jy",
+         "cannot read the password"},
+        {"postgresql://u:\"Qz7\"\"Kx9-Wv%@127.0.0.1/db", "\"Qz7\"\"Kx9-Wv%",
+         "cannot read the password"},
+        {"postgresql://u:Qz7Kx9%00Wv@127.0.0.1/db", "Qz7Kx9%00Wv", "cannot read the password"},
+        {"postgresql://127.0.0.1/db?%70assword=Qz7Kx9-Wv%zz", "Qz7Kx9-Wv%zz",
+         "cannot read the part from where a password may begin"},
+        {"postgresql://127.0.0.1/db?pass%77ord=Qz7\"Kx9\"%q", "Qz7\"Kx9\"%q",
+         "cannot read the part from where a password may begin"},
+        {"postgresql://127.0.0.1/db?pass%77ord=Qz7Kx9&port=Qz7Kx9", "Qz7Kx9", "port"},
+        {"postgresql://u:Qz7Kx9-Wv@[::1/db", "Qz7Kx9-Wv", "IPv6"},
+        {"postgresql://u:Qz7Kx9-Wv@127.0.0.1/db?colour=blue", "Qz7Kx9-Wv", "\"colour\""},
+        {"host=127.0.0.1 password=Qz7 Kx9-Wv", "Qz7 Kx9-Wv",
+         "cannot read the part from where a password may begin"},
+        {"host=127.0.0.1 password='Qz7\"Kx9-Wv", "Qz7\"Kx9-Wv",
+         "cannot read the part from where a password may begin"},
+        {"host=127.0.0.1 password=Qz7\\\"Kx9 \"Wv=1\"", "Qz7\\\"Kx9 \"Wv",
+         "cannot read the part from where a password may begin"},
+        {"host=127.0.0.1 colour=blue password=\"Qz7Kx9-Wv", "Qz7Kx9-Wv",
+         "invalid connection option \"colour\""},
+    };
+    leash_pool *r = leash_pg_pool("retarget-parse", PG_KV, NULL);
+    assert_non_null(r);
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        for (int retarget = 0; retarget < 2; retarget++) {
+            if (retarget) {
+                assert_int_equal(leash_pool_retarget(r, bad[i].conninfo), LEASH_EINVAL);
+            } else {
+                assert_null(leash_pg_pool("bad", bad[i].conninfo, NULL));
+                assert_int_equal(leash_last_status(), LEASH_EINVAL);
+            }
+            const char *msg = leash_last_error();
+            const char *piece = password_piece(msg, bad[i].pw);
+            if (piece)
+                fail_msg("#%zu %s: \"%s\" shows \"%s\" of the password", i,
+                         retarget ? "retarget" : "open", msg, piece);
+            if (!strstr(msg, bad[i].says) || !strstr(msg, "malformed conninfo"))
+                fail_msg("#%zu: \"%s\" does not say \"%s\"", i, msg, bad[i].says);
+            if ((piece = password_piece(log_text, bad[i].pw)) != NULL)
+                fail_msg("#%zu: the log shows \"%s\": %s", i, piece, log_text);
+        }
+    }
+    assert_null(leash_pool_get("bad"));
+    char *text = dump(LEASH_FORMAT_TEXT);
+    assert_null(strstr(text, "Qz7"));
+    free(text);
+    leash_pool_close(r);
+}
+
 /* The same characters percent-encoded in a URI, or as is in a key=value conninfo, reach the
  * server intact: a role whose password holds all of them logs in both ways. */
 void test_password_characters_accepted(void **state)

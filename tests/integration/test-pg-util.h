@@ -38,6 +38,7 @@ int pgha(const char *cmd, const char *node);
 /* test-pg-input.c */
 void test_bad_option_values(void **state);
 void test_password_characters(void **state);
+void test_password_in_parse_errors(void **state);
 void test_password_characters_accepted(void **state);
 void test_messages_name_the_pool(void **state);
 void test_retarget(void **state);

@@ -686,12 +686,20 @@ static void test_bad_conninfo(void **state)
         /* a port that is not a number */
         {"host=127.0.0.1 port=fifteen", "port \"fifteen\"", NULL},
         {"host=127.0.0.1 port=99999", "port", NULL},
-        /* a bad percent-escape inside a URI password: libpq would quote it */
-        {"postgresql://leash:s3cr%zzet-Pw@127.0.0.1:15432/leash", "percent-encoded", "s3cr"},
-        {"postgresql://leash:pw@127.0.0.1/leash?password=ab%zzcdef", "percent-encoded", "zzcdef"},
+        /* a bad percent-escape inside a URI password: libpq would quote it, so leash says
+         * where the fault is without a word of libpq's */
+        {"postgresql://leash:s3cr%zzet-Pw@127.0.0.1:15432/leash", "cannot read the password",
+         "s3cr"},
+        {"postgresql://leash:pw@127.0.0.1/leash?password=ab%zzcdef",
+         "cannot read the part from where a password may begin", "zzcdef"},
         /* an unquoted password with a space: its second word looks like a keyword */
-        {"host=127.0.0.1 password=my Secret-Words", "missing \"=\"", "Secret-Words"},
-        {"host=127.0.0.1 password=my Secret-Words=1", "invalid connection option", "Secret-Words"},
+        {"host=127.0.0.1 password=my Secret-Words",
+         "cannot read the part from where a password may begin", "Secret-Words"},
+        {"host=127.0.0.1 password=my Secret-Words=1",
+         "cannot read the part from where a password may begin", "Secret-Words"},
+        /* the fault before the password: libpq's own words, read without the password */
+        {"host=127.0.0.1 colour=blue password=Secret-Words", "invalid connection option \"colour\"",
+         "Secret-Words"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         assert_null(leash_pg_pool("bad", bad[i].conninfo, NULL));
@@ -787,6 +795,7 @@ int main(void)
         cmocka_unit_test_teardown(test_server_restart_under_load, teardown_no_leaks),
         cmocka_unit_test_teardown(test_bad_option_values, teardown_no_leaks),
         cmocka_unit_test_teardown(test_password_characters, teardown_no_leaks),
+        cmocka_unit_test_teardown(test_password_in_parse_errors, teardown_no_leaks),
         cmocka_unit_test_teardown(test_password_characters_accepted, teardown_no_leaks),
         cmocka_unit_test_teardown(test_messages_name_the_pool, teardown_no_leaks),
         cmocka_unit_test_teardown(test_retarget, teardown_no_leaks),
