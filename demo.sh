@@ -177,8 +177,12 @@ rm -f "$timeline" "$metrics"
 say "Starting the servers on 127.0.0.1 (tests/servers.sh start ${servers[*]})"
 for s in "${servers[@]}"; do
     if tests/servers.sh status "$s" >/dev/null 2>&1; then
-        note "$s: already running (brought back to its first topology at the end, left running)"
-        [ "$s" = nginx ] || changed+=("$s")
+        if [ "$s" = nginx ]; then
+            note "$s: already running (left running)"
+        else
+            note "$s: already running (brought back to its first topology at the end, left running)"
+            changed+=("$s")
+        fi
     else
         started+=("$s")
     fi
@@ -300,9 +304,11 @@ cached=$(paste -d' ' <(sed 's/ .*//' "$tmp/want.txt") "$tmp/have.txt" | cmp -s -
     echo "every priced order's total cached" || echo "CACHE AND DATABASE DISAGREE")
 promtool_says=$(promtool check metrics <"$metrics" >/dev/null 2>&1 && echo "promtool check metrics: OK" ||
     echo "promtool check metrics: FAILED")
+once="each once"
+[ "$((priced + rejected))" = "$jobs" ] || once="NOT each once (did a server lose writes?)"
 echo
 printf '    %-16s %s\n' \
-    "jobs done:" "$((priced + rejected)) of $jobs, each once: $priced priced, $rejected rejected" \
+    "jobs done:" "$((priced + rejected)) of $jobs, $once: $priced priced, $rejected rejected" \
     "" "(PostgreSQL: $left orders left new, $events events/orders; Redis: $cached)" \
     "duplicates:" "$duplicates deliveries skipped (popped from the old Redis master after its" \
     "" "replica took over: the new master still had them; the job found the order done)" \
