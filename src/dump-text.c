@@ -313,11 +313,9 @@ static void text_pool(struct out *o, struct leash_pool *p, uint64_t now, int sin
         o_str(o, " (");
         o_u64(o, st.consecutive_failures);
         o_str(o, " connect attempts in a row failed); last error: ");
-        /* Written under the pool lock by connects; a dump takes no lock, so the message may
-         * be mid-update: it is bounded and NUL-terminated either way. */
-        char last[sizeof p->last_error];
-        memcpy(last, p->last_error, sizeof last);
-        last[sizeof last - 1] = '\0';
+        /* Copied under its sequence, without a lock (connect.c). */
+        char last[sizeof p->last_error[0]];
+        leash__pool_last_error(p, last, sizeof last);
         o_str(o, last);
         o_str(o, "\n");
     }
