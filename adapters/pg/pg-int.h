@@ -113,13 +113,22 @@ PGresult *pg__exec(PGconn *conn, const char *sql, int extended, int nparams,
                    const char *const *values, int timeout_ms, pg_watch *w, int *timed_out);
 /* Asks the server to cancel conn's running query, waiting for the request to be delivered
  * until deadline at most (deadline 0: not at all). PQcancel can block (a paused or unreachable
- * server), so it runs on a short-lived thread of its own that ends when the server answers or
- * TCP gives up (keepalives, tcp_user_timeout); at most a few run at once. Returns 1 when the
- * request was delivered in time. */
-int pg__cancel(PGconn *conn, uint64_t deadline);
+ * server), so it runs on a thread of its own, which leash stops about a second after it
+ * started if it is still blocked then (PG_CANCEL_GIVE_UP_NS) and always joins: when met done
+ * or past that time (by a new request or the watchdog), and at the latest when owner (the
+ * pool's context, or NULL) is detached or freed (pg__cancel_join). At most a few run at once.
+ * Returns 1 when the request was delivered in time. */
+int pg__cancel(PGconn *conn, const void *owner, uint64_t deadline);
 /* The same with a cancel object made earlier (PQgetCancel), which it takes over. */
-int pg__cancel_with(PGcancel *cancel, uint64_t deadline);
-/* Forgets cancels in flight in a forked child (their threads are the parent's). */
+int pg__cancel_with(PGcancel *cancel, const void *owner, uint64_t deadline);
+/* Joins owner's cancel threads, each waited for until its give-up time at most (about a
+ * second after it started), then cancelled. */
+void pg__cancel_join(const void *owner);
+/* Joins the cancel threads that are done or past their give-up time, waiting for none. */
+void pg__cancel_reap(void);
+/* Around fork: the registry's lock held across it; the child forgets the parent's threads. */
+void pg__cancel_fork_prepare(void);
+void pg__cancel_fork_parent(void);
 void pg__cancel_fork_child(void);
 /* Connects to t's host number i with target_session_attrs tsa, bounded by
  * t->connect_timeout_ms: PQconnectStartParams and PQconnectPoll with poll(). Returns the

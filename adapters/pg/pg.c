@@ -358,8 +358,8 @@ static int reset_raw(pg_conn *c, int *dirty)
         int r = pg__drain(conn, leash__now_ns() + PG_QUICK_DRAIN_NS, &sql_error);
         if (r == PG_DRAIN_TIMEOUT) {
             uint64_t wait = leash__now_ns() + PG_CANCEL_WAIT_NS;
-            r = pg__cancel(conn, wait < end ? wait : end) ? pg__drain(conn, end, &sql_error)
-                                                          : PG_DRAIN_FAILED;
+            r = pg__cancel(conn, c->ctx, wait < end ? wait : end) ? pg__drain(conn, end, &sql_error)
+                                                                  : PG_DRAIN_FAILED;
         }
         if (r != PG_DRAIN_OK)
             return PQstatus(conn) == CONNECTION_OK ? LEASH_RESET_DIRTY : LEASH_RESET_BROKEN;
@@ -506,40 +506,47 @@ static void pg_attach(void *arg, leash_pool *pool)
     pg__watch_start();
 }
 
+/* The pool closes: its cancel threads are joined (each bounded by its give-up time, about a
+ * second after it started), and the watchdog with the last pool. */
 static void pg_detach(void *arg)
 {
     pg_ctx *ctx = arg;
+    pg__cancel_join(ctx);
     if (!ctx)
         return;
     atomic_store(&ctx->pool, NULL);
     pg__watch_stop();
 }
 
-/* Lock order: targets_lock, then the watchdog's. */
+/* Lock order: targets_lock, then the watchdog's, then the cancel registry's. */
 static void fork_prepare(void)
 {
     pthread_mutex_lock(&targets_lock);
     pg__watch_fork_prepare();
+    pg__cancel_fork_prepare();
 }
 
 static void fork_parent(void)
 {
+    pg__cancel_fork_parent();
     pg__watch_fork_parent();
     pthread_mutex_unlock(&targets_lock);
 }
 
 static void fork_child(void)
 {
+    pg__cancel_fork_child();
     pg__watch_fork_child();
     pthread_mutex_unlock(&targets_lock);
-    pg__cancel_fork_child();
 }
 
+/* Also joins what a release that raced the pool's close started after its detach. */
 static void ctx_free(void *arg)
 {
     pg_ctx *ctx = arg;
     if (!ctx)
         return;
+    pg__cancel_join(ctx);
     pg__target_put(ctx->target);
     free(ctx->init_sql);
     free(ctx->reset_sql);
@@ -769,7 +776,7 @@ static PGresult *finish(leash_handle *h, pg_conn *c, PGresult *res, int timed_ou
     }
     if (timed_out) {
         /* The server may still run it: ask it to stop, without waiting. */
-        pg__cancel_with(c->cancel, 0);
+        pg__cancel_with(c->cancel, c->ctx, 0);
         c->cancel = NULL;
         leash_mark_broken(h);
         return leash__fail_null(LEASH_ETIMEDOUT,

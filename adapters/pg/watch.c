@@ -19,6 +19,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdint.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -29,13 +30,16 @@
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER; /* the registry and the thread */
 static pg_watch *watches;                                /* every watch with a descriptor */
 static int users;                                        /* pools attached */
-static int wakefd = -1; /* an eventfd: a write stops the watchdog (no condition variable: a
-                           child would inherit its parent's waiter) */
+static int wakefd = -1; /* the running watchdog's eventfd: a write stops it (no condition
+                           variable: a child would inherit its parent's waiter) */
 static pthread_t thread;
 static atomic_int running; /* the watchdog runs: waits may go without a timeout */
 
+/* arg: the eventfd that stops this watchdog, its own for its whole life (the global one may
+ * already belong to the next watchdog, or be -1, when this one looks). */
 static void *watchdog(void *arg)
 {
+    int stopfd = (int)(intptr_t)arg;
     for (;;) {
         pthread_mutex_lock(&lock);
         uint64_t now = leash__coarse_ns();
@@ -48,7 +52,8 @@ static void *watchdog(void *arg)
                 shutdown(w->fd, SHUT_RDWR); /* the waiter's poll() returns; libpq sees EOF */
         }
         pthread_mutex_unlock(&lock);
-        struct pollfd p = {.fd = wakefd, .events = POLLIN};
+        pg__cancel_reap(); /* cancel threads done, or past their time */
+        struct pollfd p = {.fd = stopfd, .events = POLLIN};
         if (poll(&p, 1, WATCH_PERIOD_MS) > 0)
             return NULL;
     }
@@ -63,7 +68,7 @@ void pg__watch_start(void)
         sigset_t all, old;
         sigfillset(&all);
         pthread_sigmask(SIG_BLOCK, &all, &old);
-        if (wakefd >= 0 && pthread_create(&thread, NULL, watchdog, NULL) == 0)
+        if (wakefd >= 0 && pthread_create(&thread, NULL, watchdog, (void *)(intptr_t)wakefd) == 0)
             atomic_store(&running, 1);
         pthread_sigmask(SIG_SETMASK, &old, NULL);
     }
@@ -75,7 +80,9 @@ void pg__watch_stop(void)
     pthread_mutex_lock(&lock);
     int last = users > 0 && --users == 0;
     int join = last && atomic_load(&running);
-    atomic_store(&running, users > 0 && atomic_load(&running));
+    pthread_t th = thread; /* a start after the unlock below makes another */
+    if (last)
+        atomic_store(&running, 0);
     int fd = last ? wakefd : -1;
     if (last)
         wakefd = -1;
@@ -84,7 +91,7 @@ void pg__watch_stop(void)
         uint64_t one = 1;
         while (write(fd, &one, sizeof one) < 0 && errno == EINTR)
             ;
-        pthread_join(thread, NULL);
+        pthread_join(th, NULL);
     }
     if (fd >= 0)
         close(fd);

@@ -6,13 +6,20 @@
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
-#define PG_CANCELS_MAX 8 /* cancel threads in flight at once, per process */
+#define PG_CANCELS_MAX 8                   /* cancel threads not joined yet, per process */
+#define PG_CANCEL_GIVE_UP_NS 1000000000ull /* a cancel thread is stopped this long after */
+#ifndef CLOSE_RANGE_UNSHARE
+#define CLOSE_RANGE_UNSHARE (1u << 1) /* Linux 5.9; older C libraries do not name it */
+#endif
 
 /* ---- waiting ---- */
 
@@ -242,101 +249,235 @@ PGresult *pg__exec(PGconn *conn, const char *sql, int extended, int nparams,
 
 /* ---- cancel ---- */
 
-/* One cancel request. The thread and the waiter share it; whoever finishes last frees it. */
+/* PQcancel blocks (libpq 15 has no other cancel that can use the PGcancel made at connect):
+ * in connect() to an unreachable server, and in recv() until the postmaster closes the
+ * request's connection, which a paused postmaster never does (the kernel accepted it for
+ * it). So each request runs on a thread of its own that leash stops and joins: the thread
+ * first takes a descriptor table of its own (close_range CLOSE_RANGE_UNSHARE, else
+ * unshare(CLONE_FILES)) and drops its copies of the process's descriptors, so the socket
+ * PQcancel makes is in that table only; a thread still in PQcancel at its give-up time is
+ * cancelled (connect, send and recv are cancellation points; PQcancel holds no lock and
+ * allocates nothing, as it may run in a signal handler) and joined, and the kernel closes
+ * its socket with its table. A request already sent stays in the server's queue and is
+ * still honoured when the server runs again. Jobs are joined by whoever meets them done or
+ * past their time (a new request, the statement watchdog), and all of a pool's at its detach
+ * and context free, waiting at most until each one's give-up time. */
+
+enum { JOB_RUNNING, JOB_SENT, JOB_FAILED };
+
 struct cancel_job {
-    PGcancel *cancel;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int done, left; /* under mu: the request was sent; the waiter stopped waiting */
+    struct cancel_job *next; /* the registry, under jobs_lock */
+    const void *owner;       /* the pool context that asked (NULL: a pool without one) */
+    PGcancel *cancel;        /* freed with the job, after the join */
+    pthread_t thread;
+    uint64_t give_up; /* leash__now_ns(): the thread is cancelled if still running then */
+    int state;        /* JOB_*, under jobs_lock */
+    int refs;         /* under jobs_lock: the registry's, and a waiter's */
 };
 
-static atomic_int cancels_running; /* threads in flight, at most PG_CANCELS_MAX */
+static pthread_mutex_t jobs_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t jobs_cv; /* CLOCK_MONOTONIC; broadcast when a job ends */
+static pthread_once_t jobs_once = PTHREAD_ONCE_INIT;
+static struct cancel_job *jobs; /* threads not joined yet */
+static int njobs;               /* their count; at most PG_CANCELS_MAX */
 
-static void job_free(struct cancel_job *j)
+static void jobs_cv_init(void)
 {
-    PQfreeCancel(j->cancel);
-    pthread_cond_destroy(&j->cv);
-    pthread_mutex_destroy(&j->mu);
-    free(j);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&jobs_cv, &ca);
+    pthread_condattr_destroy(&ca);
+}
+
+/* Waits on jobs_cv (jobs_lock held) until deadline (leash__now_ns) at most. */
+static void jobs_wait(uint64_t deadline)
+{
+    struct timespec ts = {.tv_sec = (time_t)(deadline / 1000000000ull),
+                          .tv_nsec = (long)(deadline % 1000000000ull)};
+    pthread_cond_timedwait(&jobs_cv, &jobs_lock, &ts);
+}
+
+/* jobs_lock held; frees j when nobody holds it any more. */
+static void job_put_locked(struct cancel_job *j)
+{
+    if (--j->refs == 0) {
+        PQfreeCancel(j->cancel);
+        free(j);
+    }
+}
+
+/* Gives the calling thread a descriptor table of its own holding only stdin, stdout and
+ * stderr. 0, or -1 when the system allows neither way. */
+static int own_descriptors(void)
+{
+#if defined(SYS_close_range) && defined(CLOSE_RANGE_UNSHARE)
+    if (syscall(SYS_close_range, 3u, ~0u, CLOSE_RANGE_UNSHARE) == 0)
+        return 0;
+#endif
+    if (unshare(CLONE_FILES) != 0)
+        return -1;
+#if defined(SYS_close_range)
+    syscall(SYS_close_range, 3u, ~0u, 0u); /* else the copies go when the thread ends */
+#endif
+    return 0;
 }
 
 static void *cancel_main(void *arg)
 {
     struct cancel_job *j = arg;
-    char buf[256];
-    PQcancel(j->cancel, buf, sizeof buf);
-    pthread_mutex_lock(&j->mu);
-    j->done = 1;
-    int left = j->left;
-    pthread_cond_signal(&j->cv);
-    pthread_mutex_unlock(&j->mu);
-    if (left)
-        job_free(j);
-    atomic_fetch_sub(&cancels_running, 1);
+    int old, state = JOB_FAILED;
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &old);
+    /* Without a table of its own, a cancelled PQcancel would leave its socket open in the
+     * process's: no request then (the connection is dropped all the same). */
+    if (own_descriptors() == 0) {
+        char buf[256];
+        pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, &old);
+        int sent = PQcancel(j->cancel, buf, sizeof buf);
+        pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &old);
+        state = sent ? JOB_SENT : JOB_FAILED;
+    }
+    pthread_mutex_lock(&jobs_lock);
+    j->state = state;
+    pthread_cond_broadcast(&jobs_cv);
+    pthread_mutex_unlock(&jobs_lock);
     return NULL;
 }
 
-int pg__cancel_with(PGcancel *cancel, uint64_t deadline)
+/* Takes out of the registry the jobs of owner (every_owner 0) or every job done or past its
+ * give-up time (every_owner 1: nothing is waited for), waits for each until its give-up time
+ * at most, cancels those still running, and joins them. */
+static void reap(int every_owner, const void *owner)
+{
+    pthread_once(&jobs_once, jobs_cv_init);
+    struct cancel_job *mine = NULL;
+    pthread_mutex_lock(&jobs_lock);
+    uint64_t now = leash__now_ns();
+    for (struct cancel_job **pp = &jobs; *pp;) {
+        struct cancel_job *j = *pp;
+        int take = every_owner ? j->state != JOB_RUNNING || now >= j->give_up : j->owner == owner;
+        if (take) {
+            *pp = j->next;
+            j->next = mine;
+            mine = j;
+        } else {
+            pp = &j->next;
+        }
+    }
+    for (struct cancel_job *j = mine; j; j = j->next)
+        while (j->state == JOB_RUNNING && leash__now_ns() < j->give_up)
+            jobs_wait(j->give_up);
+    pthread_mutex_unlock(&jobs_lock);
+    for (struct cancel_job *j = mine; j; j = j->next) {
+        /* A thread that ends meanwhile ignores the request (it left PQcancel with
+         * cancellation disabled); an ended, unjoined thread can still be named. */
+        pthread_mutex_lock(&jobs_lock);
+        int running = j->state == JOB_RUNNING;
+        pthread_mutex_unlock(&jobs_lock);
+        if (running)
+            pthread_cancel(j->thread);
+        pthread_join(j->thread, NULL);
+    }
+    pthread_mutex_lock(&jobs_lock);
+    while (mine) {
+        struct cancel_job *j = mine;
+        mine = j->next;
+        if (j->state == JOB_RUNNING)
+            j->state = JOB_FAILED; /* cancelled: a waiter sees it was not delivered */
+        njobs--;
+        job_put_locked(j);
+    }
+    pthread_cond_broadcast(&jobs_cv);
+    pthread_mutex_unlock(&jobs_lock);
+}
+
+void pg__cancel_reap(void)
+{
+    reap(1, NULL);
+}
+
+void pg__cancel_join(const void *owner)
+{
+    reap(0, owner);
+}
+
+int pg__cancel_with(PGcancel *cancel, const void *owner, uint64_t deadline)
 {
     if (!cancel)
         return 0;
-    if (atomic_fetch_add(&cancels_running, 1) >= PG_CANCELS_MAX) {
-        atomic_fetch_sub(&cancels_running, 1);
-        PQfreeCancel(cancel);
-        return 0;
-    }
+    reap(1, NULL); /* frees the places of ended jobs */
     struct cancel_job *j = calloc(1, sizeof *j);
     if (!j) {
-        atomic_fetch_sub(&cancels_running, 1);
         PQfreeCancel(cancel);
         return 0;
     }
+    j->owner = owner;
     j->cancel = cancel;
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&j->cv, &ca);
-    pthread_condattr_destroy(&ca);
-    pthread_mutex_init(&j->mu, NULL);
-    pthread_attr_t ta;
-    pthread_attr_init(&ta);
-    pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
-    /* The thread runs with every signal blocked (it inherits the mask set here): the
-     * application's handlers are not for it. */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    pthread_t th;
-    int ok = pthread_create(&th, &ta, cancel_main, j) == 0;
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    pthread_attr_destroy(&ta);
+    j->state = JOB_RUNNING;
+    j->refs = deadline ? 2 : 1;
+    j->give_up = leash__now_ns() + PG_CANCEL_GIVE_UP_NS;
+    pthread_mutex_lock(&jobs_lock);
+    int room = njobs < PG_CANCELS_MAX;
+    int ok = 0;
+    if (room) {
+        /* The thread runs with every signal blocked (it inherits the mask set here): the
+         * application's handlers are not for it. pthread_cancel's own signal stays open. */
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_BLOCK, &all, &old);
+        ok = pthread_create(&j->thread, NULL, cancel_main, j) == 0;
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+    }
     if (!ok) {
-        job_free(j);
-        atomic_fetch_sub(&cancels_running, 1);
+        pthread_mutex_unlock(&jobs_lock);
+        PQfreeCancel(cancel);
+        free(j);
         return 0;
     }
-    struct timespec ts = {.tv_sec = (time_t)(deadline / 1000000000ull),
-                          .tv_nsec = (long)(deadline % 1000000000ull)};
-    pthread_mutex_lock(&j->mu);
-    while (!j->done && leash__now_ns() < deadline)
-        if (pthread_cond_timedwait(&j->cv, &j->mu, &ts) == ETIMEDOUT)
-            break;
-    int done = j->done;
-    j->left = !done;
-    pthread_mutex_unlock(&j->mu);
-    if (done)
-        job_free(j);
-    return done;
+    njobs++;
+    j->next = jobs;
+    jobs = j;
+    if (!deadline) {
+        pthread_mutex_unlock(&jobs_lock);
+        return 0;
+    }
+    while (j->state == JOB_RUNNING && leash__now_ns() < deadline)
+        jobs_wait(deadline);
+    int sent = j->state == JOB_SENT;
+    job_put_locked(j);
+    pthread_mutex_unlock(&jobs_lock);
+    return sent;
 }
 
-int pg__cancel(PGconn *conn, uint64_t deadline)
+int pg__cancel(PGconn *conn, const void *owner, uint64_t deadline)
 {
-    return pg__cancel_with(PQgetCancel(conn), deadline);
+    return pg__cancel_with(PQgetCancel(conn), owner, deadline);
 }
 
+void pg__cancel_fork_prepare(void)
+{
+    pthread_once(&jobs_once, jobs_cv_init);
+    pthread_mutex_lock(&jobs_lock);
+}
+
+void pg__cancel_fork_parent(void)
+{
+    pthread_mutex_unlock(&jobs_lock);
+}
+
+/* The jobs' threads are the parent's: forget them (nobody in the child waits on one), and
+ * give the child a lock and a condition variable with no parent's waiter in them. */
 void pg__cancel_fork_child(void)
 {
-    atomic_store(&cancels_running, 0);
+    while (jobs) {
+        struct cancel_job *j = jobs;
+        jobs = j->next;
+        PQfreeCancel(j->cancel);
+        free(j);
+    }
+    njobs = 0;
+    pthread_mutex_init(&jobs_lock, NULL);
+    jobs_cv_init();
 }
 
 /* ---- connect ---- */

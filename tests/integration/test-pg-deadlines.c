@@ -4,6 +4,7 @@
  * one; pausing one backend of the test's own pool is safe on SRV_PG_PORT. */
 #include "test-pg-util.h"
 
+#include <dirent.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <setjmp.h>
@@ -32,8 +33,14 @@ void test_connect_to_paused_server(void **state)
 {
     default_mode(); /* the failed connects are logged */
     capture_start();
+    /* The default is under test: not the one the valgrind setup gives (PGCONNECT_TIMEOUT). */
+    char *env = getenv("PGCONNECT_TIMEOUT") ? strdup(getenv("PGCONNECT_TIMEOUT")) : NULL;
+    unsetenv("PGCONNECT_TIMEOUT");
     leash_pool_options o = {.max_size = 1, .acquire_timeout_ms = 300};
     leash_pool *p = leash_pg_pool("paused", HA_A, &o);
+    if (env)
+        setenv("PGCONNECT_TIMEOUT", env, 1);
+    free(env);
     assert_non_null(p);
     assert_int_equal(srv_signal(SRV_PGHA_A_PIDFILE, SIGSTOP), 0);
     double t0 = now_s();
@@ -188,6 +195,85 @@ void test_release_cancel_to_paused_server(void **state)
     }
     assert_int_equal(running, 0);
     assert_balanced(p);
+}
+
+/* The threads of this process (/proc/self/task). */
+static int thread_count(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    assert_non_null(d);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* How many statements containing tag run on the pgha node a. */
+static long running_on_a(const char *tag)
+{
+    char *v = su_at(SRV_PGHA_A_PORT,
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE "
+                    "'%%%s%%' AND query NOT LIKE '%%pg_stat_activity%%'",
+                    tag);
+    long n = atol(v);
+    free(v);
+    return n;
+}
+
+/* Cancel requests to a server whose postmaster is paused (PQcancel blocks until it runs
+ * again) do not outlive leash_shutdown: the threads that send them are stopped about a second
+ * after they started and joined, so the process has as many threads after shutdown as before
+ * its first leash call, and shutdown returns within about a second. Bad input tried: a raw
+ * query still running at release (the release cancels it) and a statement past
+ * command_timeout_ms (cancelled without waiting), both while the postmaster is stopped. The
+ * requests were sent before the threads were stopped, so the server honours them once it
+ * runs again. */
+void test_shutdown_joins_cancel_threads(void **state)
+{
+    int before = thread_count();
+    default_mode(); /* the dirty return is counted, not a report */
+    capture_start();
+    leash_pool *p =
+        pool("shutdown-cancel", HA_A, 2, &(leash_pg_options){.command_timeout_ms = 300});
+    leash_handle *raw = take(p), *timed = take(p);
+    assert_int_equal(PQsendQuery(leash_pg(raw), "SELECT pg_sleep(30) /* leash-cancel-raw */"), 1);
+    sleep_ms(100);
+    assert_int_equal(srv_signal(SRV_PGHA_A_PIDFILE, SIGSTOP), 0);
+    /* The backends run on; only the postmaster, which takes cancel requests, is stopped. */
+    assert_null(leash_pg_exec(timed, "SELECT pg_sleep(30) /* leash-cancel-timed */"));
+    assert_int_equal(leash_last_status(), LEASH_ETIMEDOUT);
+    leash_release(&timed);
+    double t0 = now_s();
+    leash_release(&raw);
+    double took = now_s() - t0;
+    if (took > 1.5)
+        fail_msg("release took %.2f s", took);
+    assert_true(thread_count() > before);
+    t0 = now_s();
+    leash_shutdown();
+    took = now_s() - t0;
+    /* A thread just joined may be listed for a moment more, until the kernel has reaped it;
+     * one still running (blocked in PQcancel until the server runs again) stays. */
+    int after = thread_count();
+    for (int i = 0; i < 20 && after != before; i++) {
+        sleep_ms(10);
+        after = thread_count();
+    }
+    assert_int_equal(srv_signal(SRV_PGHA_A_PIDFILE, SIGCONT), 0);
+    if (after != before)
+        fail_msg("%d threads before the first leash call, %d after leash_shutdown", before, after);
+    if (took > 2.0)
+        fail_msg("leash_shutdown took %.2f s", took);
+    print_message("leash_shutdown took %.2f s with two cancels blocked\n", took);
+    /* Both requests were in the postmaster's queue: answered now that it runs. */
+    long running = 1;
+    for (int i = 0; i < 100 && running; i++) {
+        sleep_ms(50);
+        running = running_on_a("leash-cancel-");
+    }
+    assert_int_equal(running, 0);
 }
 
 static int sockopt(int fd, int level, int name)

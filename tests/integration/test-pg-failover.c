@@ -543,6 +543,7 @@ int main(void)
         cmocka_unit_test_teardown(test_statement_to_paused_backend, teardown_no_leaks),
         cmocka_unit_test_teardown(test_validation_of_paused_backend, teardown_no_leaks),
         cmocka_unit_test_teardown(test_release_cancel_to_paused_server, teardown_resume),
+        cmocka_unit_test_teardown(test_shutdown_joins_cancel_threads, teardown_resume),
         cmocka_unit_test_teardown(test_tcp_defaults, teardown_no_leaks),
     };
     const struct CMUnitTest failover[] = {

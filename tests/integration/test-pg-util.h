@@ -49,6 +49,7 @@ void test_multi_host_skips_paused(void **state);
 void test_statement_to_paused_backend(void **state);
 void test_validation_of_paused_backend(void **state);
 void test_release_cancel_to_paused_server(void **state);
+void test_shutdown_joins_cancel_threads(void **state);
 void test_tcp_defaults(void **state);
 
 #endif
