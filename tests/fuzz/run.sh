@@ -28,6 +28,8 @@ if [ ${#targets[@]} -eq 0 ]; then
   for exe in "$dir"/tests/fuzz/fuzz-*; do
     [ -x "$exe" ] && [ -f "$exe" ] && targets+=("${exe##*/fuzz-}")
   done
+  # leash-stat's page parser lives with its tool
+  [ -x "$dir/tools/leash-stat/fuzz-page" ] && targets+=(page)
 fi
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:halt_on_error=1}
@@ -37,6 +39,10 @@ failed=()
 for t in "${targets[@]}"; do
   exe="$dir/tests/fuzz/fuzz-$t"
   corpus="tests/fuzz/corpus/$t"
+  if [ "$t" = page ]; then
+    exe="$dir/tools/leash-stat/fuzz-page"
+    corpus="tools/leash-stat/fuzz-seeds"
+  fi
   [ -x "$exe" ] || { echo "fuzz: no target $t" >&2; failed+=("$t"); continue; }
   # New inputs go to a scratch folder (listed first), never into the committed corpus.
   work=$(mktemp -d)
