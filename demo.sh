@@ -32,6 +32,11 @@ case "$jobs$rate$workers" in *[!0-9]*)
     echo "demo.sh: DEMO_JOBS, DEMO_RATE and DEMO_WORKERS are whole numbers" >&2
     exit 2 ;;
 esac
+if [ "$rate" -lt 1 ] || [ "$workers" -lt 1 ] || [ $((jobs * 10)) -lt $((rate * 110)) ]; then
+    echo "demo.sh: the jobs must keep arriving for the two acts: DEMO_JOBS / DEMO_RATE of 11 s" \
+        "or more (DEMO_JOBS=$jobs, DEMO_RATE=$rate)" >&2
+    exit 2
+fi
 
 # The servers of tests/servers.sh: the passwords are the test servers' own, never printed.
 sentinel_url='redis-sentinel://:leash-ha-pw@127.0.0.1:16393,127.0.0.1:16394,127.0.0.1:16395/0'

@@ -4,7 +4,7 @@
 # PostgreSQL and Redis. Usage: smoke.sh MODE BUILD_DIR SOURCE_DIR
 #   example-redis | example-pg | example-http   the per-adapter examples
 #   example-orders          orders (strict mode) on 300 jobs; SIGUSR1 dump; SIGTERM stop
-#   example-orders-failover orders (strict mode) on 400 jobs over Redis Sentinel and a
+#   example-orders-failover orders (strict mode) on 500 jobs over Redis Sentinel and a
 #                           PostgreSQL primary + standby, through a SENTINEL FAILOVER and a
 #                           switchover (primary stopped, standby promoted); every job done
 #                           exactly once, watched from outside with leash-stat
@@ -140,7 +140,7 @@ example-orders-failover)
   # Redis master replaced by its replica, a PostgreSQL primary stopped and its standby
   # promoted); a request sent at the wrong moment fails, and the job must still be done
   # exactly once (not lost, not priced twice, its cache entry right), with nothing leaked.
-  n=400 q=smoke:failover
+  n=500 q=smoke:failover
   command -v promtool >/dev/null || fail "promtool is missing (tests/deps.sh installs prometheus)"
   pgha_sh=$(dirname "$servers")/servers.d/pgha.sh
   s_url='redis-sentinel://:leash-ha-pw@127.0.0.1:16393,127.0.0.1:16394,127.0.0.1:16395/0'
@@ -168,7 +168,7 @@ user=leash dbname=leash target_session_attrs=read-write" -c "$1"
   "$bin/orders-seed" -n $n --queue $q --redis "$s_url" --pg "$w_url" \
     >"$tmp/seed.out" 2>"$tmp/seed.err" || fail "seed failed"
   restore=(sentinel pgha)
-  # 50 jobs a second: the run lasts 8 s, long enough for both failovers.
+  # 50 jobs a second: the run lasts 10 s; both failovers take 2-4 s.
   LEASH_STRICT=1 "$bin/orders" -w 4 --queue $q --redis "$s_url" --pg "$w_url" \
     --pg-read "$r_url" --drain --rate 50 --timeline "$tmp/timeline.csv" \
     --metrics "$tmp/metrics.prom" >"$tmp/run.out" 2>"$tmp/run.err" &
