@@ -180,8 +180,22 @@ metrics=$build/demo-metrics.prom
 rm -f "$timeline" "$metrics"
 
 say "Starting the servers on 127.0.0.1 (tests/servers.sh start ${servers[*]})"
+# Whether anything of server $1 runs (in its first topology or not: "status" says only the
+# first), by the ports it listens on.
+running() {
+    local ports p
+    case $1 in
+    sentinel) ports="16391 16392 16393 16394 16395" ;;
+    pgha) ports="15533 15534" ;;
+    *) ports=18080 ;;
+    esac
+    for p in $ports; do
+        [ -n "$(ss -Hltn "sport = :$p" 2>/dev/null)" ] && return 0
+    done
+    return 1
+}
 for s in "${servers[@]}"; do
-    if tests/servers.sh status "$s" >/dev/null 2>&1; then
+    if running "$s"; then
         if [ "$s" = nginx ]; then
             note "$s: already running (left running)"
         else
