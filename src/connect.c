@@ -355,9 +355,10 @@ static void *job_main(void *arg)
     return NULL;
 }
 
-/* Keepalive: validates the job's idle slots one by one, each back on the stack as soon as it
- * passes, so the maintenance thread (and the pools' clock it keeps) never waits on a slow
- * server. */
+/* Keepalive: validates the job's idle slots one by one, so the maintenance thread (and the
+ * pools' clock it keeps) never waits on a slow server. The slots wait their turn parked
+ * CACHED (idle, stealable: a borrower that finds the stack empty takes one), so only the one
+ * being validated is out of reach; one a borrower took meanwhile is skipped. */
 static void *check_main(void *arg)
 {
     struct job *j = arg;
@@ -367,6 +368,9 @@ static void *check_main(void *arg)
     pthread_sigmask(SIG_BLOCK, &all, NULL);
     for (uint32_t i = 0; i < j->nchecks; i++) {
         struct leash_handle *s = j->checks[i];
+        if (!slot_cas(s, SLOT_CACHED, SLOT_RETURNING))
+            continue; /* a borrower took it (or close did) */
+        atomic_store(&p->checking_one, 1);
         count(&p->keepalives);
         atomic_store(&s->recheck, 0);
         int why = -1;
@@ -387,13 +391,11 @@ static void *check_main(void *arg)
             atomic_store_explicit(&s->checked_ns, leash__clock_raw(), memory_order_relaxed);
             leash__push_idle(p, s);
         }
-        atomic_fetch_sub(&p->checking, 1);
+        atomic_store(&p->checking_one, 0);
     }
     if (atomic_load(&p->closed))
         leash__pool_destroy_orphans(p);
-    atomic_store(&p->checking, 0);
-    if (atomic_load(&p->min_idle))
-        leash__maintenance_nudge(); /* replace what failed */
+    atomic_store(&p->checking, 0); /* min_idle refills at the next tick */
     job_done(j);
     return NULL;
 }
@@ -473,7 +475,10 @@ int leash__check_start(struct leash_pool *p, struct leash_handle **v, uint32_t n
         j->pool = p;
         j->nchecks = n;
         memcpy(j->checks, v, sizeof v[0] * n);
-        atomic_store(&p->checking, (int)n);
+        atomic_store(&p->checking, 1);
+        /* parked: idle and stealable until the job takes each in turn */
+        for (uint32_t i = 0; i < n; i++)
+            slot_set(v[i], SLOT_CACHED);
         pthread_mutex_lock(&jobs_lock);
         int rc = pthread_create(&j->thread, NULL, check_main, j);
         if (rc == 0) {
@@ -485,8 +490,12 @@ int leash__check_start(struct leash_pool *p, struct leash_handle **v, uint32_t n
             return 0;
         atomic_store(&p->checking, 0);
         leash__free(j);
+        /* No thread: the parked connections go back unchecked, for a later tick. */
+        for (uint32_t i = n; i-- > 0;)
+            if (slot_cas(v[i], SLOT_CACHED, SLOT_RETURNING))
+                leash__push_idle(p, v[i]);
+        return -1;
     }
-    /* No thread: the connections go back unchecked, to be checked at a later tick. */
     for (uint32_t i = n; i-- > 0;)
         leash__push_idle(p, v[i]);
     return -1;

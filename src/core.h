@@ -124,7 +124,8 @@ struct leash_pool {
     _Atomic uint32_t size;       /* slots not EMPTY; written under lock */
     _Atomic uint32_t connecting; /* connect jobs in flight; written under lock */
     _Atomic uint64_t evict_epoch;
-    _Atomic int checking; /* idle connections a keepalive job is checking (0: none runs) */
+    _Atomic int checking;    /* a keepalive job runs (one per pool at a time) */
+    _Atomic int checking_one; /* the idle connection it is validating right now (0 or 1) */
 
     /* the backend's state: written under lock, read lock-free by stats and health */
     _Atomic uint32_t consecutive_failures;

@@ -527,7 +527,7 @@ static void refill(struct leash_pool *p)
     uint32_t idle = 0;
     FOR_EACH_SLOT(p, s)
     idle += is_idle_state(slot_state(s));
-    idle += (uint32_t)atomic_load(&p->checking); /* idle, only being checked */
+    idle += (uint32_t)atomic_load(&p->checking_one); /* idle, only being checked */
     uint32_t want = (uint32_t)atomic_load(&p->min_idle);
     uint32_t coming = atomic_load(&p->connecting);
     while (idle + coming < want && !p->wait_head) {

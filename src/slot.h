@@ -10,7 +10,8 @@
  *   CONNECTING  the connecting thread (a connect job)                 IDLE / HELD: the job;
  *                                                                     EMPTY: the job (failed)
  *   IDLE        nobody; the idle stack links it                       RETURNING: whoever pops it
- *   CACHED      nobody; one thread's cache points to it               RETURNING: whoever CASes it
+ *   CACHED      nobody; one thread's cache points to it, or a keepa-  RETURNING: whoever CASes it
+ *               live job will check it (parked): stealable either way  (owner, borrower, job, close)
  *   HELD        the borrower (the borrow number names the borrow)     RETURNING: release/guard
  *                                                                     (CAS, borrow number checked);
  *                                                                     ORPHANED: close (CAS)
