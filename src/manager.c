@@ -41,6 +41,7 @@ static struct {
     pthread_cond_t maint_cond;
     pthread_t maint_thread;
     int maint_running, maint_stop, maint_kick;
+    _Atomic int shutting_down; /* leash_shutdown runs: nothing may start the thread again */
 } g = {
     .lock = PTHREAD_MUTEX_INITIALIZER,
     .maint_lock = PTHREAD_MUTEX_INITIALIZER,
@@ -187,6 +188,7 @@ void leash__after_fork(void)
         pthread_mutex_lock(&g.maint_lock);
         g.maint_running = 0;
         g.maint_stop = 0;
+        atomic_store(&g.shutting_down, 0); /* a shutdown in the parent is not the child's */
         /* Not pthread_cond_destroy: it waits for the parent's waiter, which never comes. */
         pthread_condattr_t ca;
         pthread_condattr_init(&ca);
@@ -264,7 +266,7 @@ static void maint_start_locked(void)
 void leash__maintenance_nudge(void)
 {
     pthread_mutex_lock(&g.lock);
-    if (atomic_load(&g.ready))
+    if (atomic_load(&g.ready) && !atomic_load(&g.shutting_down))
         maint_start_locked();
     pthread_mutex_unlock(&g.lock);
     pthread_mutex_lock(&g.maint_lock);
@@ -486,6 +488,7 @@ void leash_shutdown(void)
         leash__after_fork();
         pthread_mutex_lock(&g.lock);
     }
+    atomic_store(&g.shutting_down, 1);
     pthread_mutex_unlock(&g.lock);
     maint_stop();
     leash__shm_stop(); /* the page goes before the pools it shows */
@@ -523,5 +526,6 @@ void leash_shutdown(void)
     leash__log_reset_once();
     atomic_store(&g_strict_cache, 0);
     atomic_store(&g.ready, 0);
+    atomic_store(&g.shutting_down, 0);
     pthread_mutex_unlock(&g.lock);
 }
