@@ -355,6 +355,23 @@ static void *job_main(void *arg)
     return NULL;
 }
 
+/* Validates s (an idle connection the caller owns): -1 if it may be kept, else the GONE_*
+ * reason to destroy it (it failed, or it was evicted while it was checked). */
+static int validated(struct leash_pool *p, struct leash_handle *s)
+{
+    atomic_store(&s->recheck, 0);
+    if (p->adapter->validate(p->ctx, s->conn) != 0) {
+        count(&p->validation_failures);
+        return GONE_INVALID;
+    }
+    int retire = atomic_load(&s->retire);
+    if (retire)
+        return retire - 1;
+    if (ld(&s->conn_epoch) != ld(&p->evict_epoch))
+        return GONE_EVICTED;
+    return -1;
+}
+
 /* Keepalive: validates the job's idle slots one by one, so the maintenance thread (and the
  * pools' clock it keeps) never waits on a slow server. The slots wait their turn parked
  * CACHED (idle, stealable: a borrower that finds the stack empty takes one), so only the one
@@ -372,18 +389,9 @@ static void *check_main(void *arg)
             continue; /* a borrower took it (or close did) */
         atomic_store(&p->checking_one, 1);
         count(&p->keepalives);
-        atomic_store(&s->recheck, 0);
-        int why = -1;
-        if (p->adapter->validate(p->ctx, s->conn) != 0) {
-            count(&p->validation_failures);
-            why = GONE_INVALID;
-        } else if (atomic_load(&s->retire)) {
-            why = atomic_load(&s->retire) - 1; /* evicted while it was checked */
-        } else if (ld(&s->conn_epoch) != ld(&p->evict_epoch)) {
-            why = GONE_EVICTED;
-        } else if (atomic_load(&p->closed)) {
+        int why = validated(p, s);
+        if (why < 0 && atomic_load(&p->closed))
             why = GONE_CLOSED;
-        }
         if (why >= 0) {
             leash__retire(p, s, why);
         } else {
@@ -409,16 +417,7 @@ static void *validate_main(void *arg)
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
-    atomic_store(&s->recheck, 0);
-    int why = -1;
-    if (p->adapter->validate(p->ctx, s->conn) != 0) {
-        count(&p->validation_failures);
-        why = GONE_INVALID;
-    } else if (atomic_load(&s->retire)) {
-        why = atomic_load(&s->retire) - 1; /* evicted while it was checked */
-    } else if (ld(&s->conn_epoch) != ld(&p->evict_epoch)) {
-        why = GONE_EVICTED;
-    }
+    int why = validated(p, s);
     pthread_mutex_lock(&p->lock);
     struct leash_waiter *req = j->requester;
     if (req)

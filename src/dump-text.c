@@ -9,20 +9,27 @@ const char *const leash__prob_name[PROB_KINDS] = {"reclaimed", "suspected", "at_
 const char *const leash__gone_names[GONE_REASONS] = {"broken",  "dirty",   "idle",  "lifetime",
                                                      "evicted", "invalid", "closed"};
 
+/* Connections of p on its i-th peer. */
+static uint32_t peer_count(struct leash_pool *p, int i)
+{
+    uint32_t n = 0;
+    FOR_EACH_SLOT(p, s)
+    {
+        int st = slot_state(s);
+        if (st != SLOT_EMPTY && st != SLOT_CONNECTING &&
+            atomic_load_explicit(&s->peer, memory_order_relaxed) == p->peers[i])
+            n++;
+    }
+    return n;
+}
+
 /* The servers the pool's connections are on, with how many on each. */
 static void text_peers(struct out *o, struct leash_pool *p)
 {
     int np = atomic_load_explicit(&p->npeers, memory_order_acquire);
     int titled = 0;
     for (int i = 0; i < np; i++) {
-        uint32_t n = 0;
-        FOR_EACH_SLOT(p, s)
-        {
-            int st = slot_state(s);
-            if (st != SLOT_EMPTY && st != SLOT_CONNECTING &&
-                atomic_load_explicit(&s->peer, memory_order_relaxed) == p->peers[i])
-                n++;
-        }
+        uint32_t n = peer_count(p, i);
         if (!n)
             continue;
         o_str(o, titled ? ", " : "  on servers: ");
@@ -232,14 +239,7 @@ static void json_extra(struct out *o, struct leash_pool *p, const leash_pool_sta
     o_str(o, "},\"peers\":[");
     int np = atomic_load_explicit(&p->npeers, memory_order_acquire);
     for (int i = 0, first = 1; i < np; i++) {
-        uint32_t n = 0;
-        FOR_EACH_SLOT(p, s)
-        {
-            int state = slot_state(s);
-            if (state != SLOT_EMPTY && state != SLOT_CONNECTING &&
-                atomic_load_explicit(&s->peer, memory_order_relaxed) == p->peers[i])
-                n++;
-        }
+        uint32_t n = peer_count(p, i);
         if (!n)
             continue;
         o_str(o, first ? "{\"peer\":\"" : ",{\"peer\":\"");

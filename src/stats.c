@@ -204,19 +204,15 @@ uint32_t leash__group_sites(struct leash_pool *p, struct site *sites, uint32_t *
 }
 
 static int render(struct out *o_, leash_format fmt);
+static struct out out_fd(int fd);
 
 int leash_stats_dump(int fd, leash_format fmt)
 {
     if (fd < 0 ||
         (fmt != LEASH_FORMAT_TEXT && fmt != LEASH_FORMAT_JSON && fmt != LEASH_FORMAT_PROMETHEUS))
         return -1;
-    struct out o;
-    o.fd = fd;
-    o.err = 0;
-    o.n = 0;
-    o.mem = NULL;
-    o.mem_len = o.mem_cap = 0;
-    o.baseline = 1;
+    struct out o = out_fd(fd);
+    o.baseline = 1; /* a dump asked for moves the text dump's baseline */
     return render(&o, fmt);
 }
 
