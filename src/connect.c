@@ -267,14 +267,29 @@ static void job_done(struct job *j)
     pthread_mutex_unlock(&jobs_lock);
 }
 
+/* Starts j's thread on fn and enlists it for leash__connect_reap: 0, or pthread_create's
+ * error (j is then not started and still the caller's). Every signal is blocked in it. */
+static int job_spawn(struct job *j, void *(*fn)(void *))
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old); /* inherited by the new thread */
+    pthread_mutex_lock(&jobs_lock);
+    int rc = pthread_create(&j->thread, NULL, fn, j);
+    if (rc == 0) {
+        j->next = jobs;
+        jobs = j;
+    }
+    pthread_mutex_unlock(&jobs_lock);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return rc;
+}
+
 static void *job_main(void *arg)
 {
     struct job *j = arg;
     struct leash_pool *p = j->pool;
     struct leash_handle *s = j->slot;
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, NULL);
 
     /* The epoch first: a retarget between the two loads then tags the old target's
      * connection with the old epoch, and it is retired when it lands. */
@@ -380,9 +395,6 @@ static void *check_main(void *arg)
 {
     struct job *j = arg;
     struct leash_pool *p = j->pool;
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, NULL);
     for (uint32_t i = 0; i < j->nchecks; i++) {
         struct leash_handle *s = j->checks[i];
         if (!slot_cas(s, SLOT_CACHED, SLOT_RETURNING))
@@ -414,9 +426,6 @@ static void *validate_main(void *arg)
     struct job *j = arg;
     struct leash_pool *p = j->pool;
     struct leash_handle *s = j->slot;
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, NULL);
     int why = validated(p, s);
     pthread_mutex_lock(&p->lock);
     struct leash_waiter *req = j->requester;
@@ -451,14 +460,9 @@ int leash__validate_start(struct leash_pool *p, struct leash_handle *s, struct l
     j->validate = 1;
     pthread_mutex_lock(&p->lock);
     j->requester = w;
-    pthread_mutex_lock(&jobs_lock);
-    int rc = pthread_create(&j->thread, NULL, validate_main, j);
-    if (rc == 0) {
-        j->next = jobs;
-        jobs = j;
+    int rc = job_spawn(j, validate_main);
+    if (rc == 0)
         w->job = j;
-    }
-    pthread_mutex_unlock(&jobs_lock);
     pthread_mutex_unlock(&p->lock);
     if (rc != 0) {
         leash__free(j);
@@ -478,14 +482,7 @@ int leash__check_start(struct leash_pool *p, struct leash_handle **v, uint32_t n
         /* parked: idle and stealable until the job takes each in turn */
         for (uint32_t i = 0; i < n; i++)
             slot_set(v[i], SLOT_CACHED);
-        pthread_mutex_lock(&jobs_lock);
-        int rc = pthread_create(&j->thread, NULL, check_main, j);
-        if (rc == 0) {
-            j->next = jobs;
-            jobs = j;
-        }
-        pthread_mutex_unlock(&jobs_lock);
-        if (rc == 0)
+        if (job_spawn(j, check_main) == 0)
             return 0;
         atomic_store(&p->checking, 0);
         leash__free(j);
@@ -520,15 +517,9 @@ int leash__connect_start_locked(struct leash_pool *p, struct leash_waiter *reque
         j->slot = s;
         j->requester = requester;
         j->probe = pool_down(p);
-        pthread_mutex_lock(&jobs_lock);
         /* Started with the pool lock held: the job's first step (connect) needs no lock, and
          * the bookkeeping below must see it started. */
-        int rc = pthread_create(&j->thread, NULL, job_main, j);
-        if (rc == 0) {
-            j->next = jobs;
-            jobs = j;
-        }
-        pthread_mutex_unlock(&jobs_lock);
+        int rc = job_spawn(j, job_main);
         if (rc == 0) {
             atomic_store(&p->connecting, connecting + 1);
             if (requester)
