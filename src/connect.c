@@ -49,8 +49,8 @@ struct leash_handle *leash__reserve_locked(struct leash_pool *p)
     /* Every allocated slot is in use but max_size allows more: a new segment. */
     if (n / LEASH_SEG_SLOTS >= LEASH_SEGS)
         return NULL;
-    struct leash_handle *seg = leash__aligned_alloc(
-        LEASH_CACHE_LINE, sizeof(struct leash_handle) * LEASH_SEG_SLOTS);
+    struct leash_handle *seg =
+        leash__aligned_alloc(LEASH_CACHE_LINE, sizeof(struct leash_handle) * LEASH_SEG_SLOTS);
     if (!seg)
         return NULL;
     if (((uintptr_t)seg & ~LEASH_ADDR_MASK) != 0) { /* cannot carry tags */
@@ -209,8 +209,8 @@ static void seq_write(_Atomic uint32_t *seq, _Atomic char (*buf)[LEASH_TARGET_DE
 }
 
 /* 1 if out holds a consistent copy (possibly ""). */
-static int seq_read(_Atomic uint32_t *seq, _Atomic char (*buf)[LEASH_TARGET_DESC_MAX],
-                    char *out, size_t outlen)
+static int seq_read(_Atomic uint32_t *seq, _Atomic char (*buf)[LEASH_TARGET_DESC_MAX], char *out,
+                    size_t outlen)
 {
     if (!outlen)
         return 0;
@@ -641,10 +641,9 @@ void leash__describe_state(struct leash_pool *p, char *out, size_t outlen)
         fmt_age(age, sizeof age, top[k].age);
         const char *file = atomic_load_explicit(&top[k].s->file, memory_order_relaxed);
         const char *func = atomic_load_explicit(&top[k].s->func, memory_order_relaxed);
-        n += (size_t)snprintf(out + n, outlen - n, "%s%s:%d in %s() for %s", k ? ", " : " (by ",
-                              file ? file : "?",
-                              atomic_load_explicit(&top[k].s->line, memory_order_relaxed),
-                              func ? func : "?", age);
+        n += (size_t)snprintf(
+            out + n, outlen - n, "%s%s:%d in %s() for %s", k ? ", " : " (by ", file ? file : "?",
+            atomic_load_explicit(&top[k].s->line, memory_order_relaxed), func ? func : "?", age);
     }
     if (top[0].s && n < outlen)
         n += (size_t)snprintf(out + n, outlen - n, "%s)", in_use > 3 ? ", ..." : "");
@@ -675,8 +674,7 @@ void leash__down_message(struct leash_pool *p, char *out, size_t outlen)
     snprintf(out, outlen,
              "pool \"%s\" (%s): backend %s down for %s (%u connect attempts in a row failed; "
              "next attempt in %llu ms); last error: %s",
-             p->name, p->adapter->kind, desc, age,
-             atomic_load(&p->consecutive_failures), (unsigned long long)(next / 1000000u),
-             last[0] ? last : "?");
+             p->name, p->adapter->kind, desc, age, atomic_load(&p->consecutive_failures),
+             (unsigned long long)(next / 1000000u), last[0] ? last : "?");
     pthread_mutex_unlock(&p->lock);
 }

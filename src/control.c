@@ -136,8 +136,7 @@ leash_status leash_pool_retarget(leash_pool *p, const char *target)
             leash__redact(err[0] ? err : "the adapter refused it", clean, sizeof clean);
             leash__free(t->target);
             leash__free(t);
-            return leash__fail(LEASH_EINVAL, "pool \"%s\": new target refused: %s", p->name,
-                               clean);
+            return leash__fail(LEASH_EINVAL, "pool \"%s\": new target refused: %s", p->name, clean);
         }
     }
     pthread_mutex_lock(&p->lock);
@@ -169,11 +168,15 @@ leash_status leash_pool_resize(leash_pool *p, int max_size, int min_idle)
     int mi = min_idle == -1 ? atomic_load(&p->min_idle) : min_idle;
     leash_status st = LEASH_OK;
     if (max_size < -1 || ms < 1 || ms > LEASH_POOL_SIZE_MAX)
-        st = leash__fail(LEASH_EINVAL, "leash_pool_resize: pool \"%s\": max_size %d (use 1..%d, "
-                         "or -1 to keep it)", p->name, max_size, LEASH_POOL_SIZE_MAX);
+        st = leash__fail(LEASH_EINVAL,
+                         "leash_pool_resize: pool \"%s\": max_size %d (use 1..%d, "
+                         "or -1 to keep it)",
+                         p->name, max_size, LEASH_POOL_SIZE_MAX);
     else if (min_idle < -1 || mi > ms)
-        st = leash__fail(LEASH_EINVAL, "leash_pool_resize: pool \"%s\": min_idle %d with max_size "
-                         "%d (use 0..max_size, or -1 to keep it)", p->name, min_idle, ms);
+        st = leash__fail(LEASH_EINVAL,
+                         "leash_pool_resize: pool \"%s\": min_idle %d with max_size "
+                         "%d (use 0..max_size, or -1 to keep it)",
+                         p->name, min_idle, ms);
     if (st == LEASH_OK) {
         atomic_store(&p->nslots, (uint32_t)ms);
         atomic_store(&p->min_idle, mi);
@@ -208,8 +211,8 @@ leash_status leash_pool_drain(leash_pool *p, int timeout_ms)
     atomic_store(&p->draining, 1);
     leash__wake_all_locked(p);
     pthread_mutex_unlock(&p->lock);
-    uint64_t deadline = timeout_ms < 0 ? UINT64_MAX
-                                       : leash__mono_ns() + (uint64_t)timeout_ms * 1000000u;
+    uint64_t deadline =
+        timeout_ms < 0 ? UINT64_MAX : leash__mono_ns() + (uint64_t)timeout_ms * 1000000u;
     /* Held handles, and slots being lent or returned right now (an acquire that took one
      * before it saw draining gives it back; see refuse_draining in pool.c). */
     while ((leash__pool_in_use(p) > 0 || in_transit(p)) && leash__mono_ns() < deadline) {

@@ -94,7 +94,7 @@ struct leash_hooks_box {
 
 struct leash_pool {
     uint32_t magic;
-    uint32_t id; /* for the per-thread cache */
+    uint32_t id;             /* for the per-thread cache */
     _Atomic uint32_t nslots; /* max_size */
     _Atomic uint32_t nalloc; /* slots allocated; only grows (release, pairs with slot walks) */
     _Atomic(struct leash_handle *) seg[LEASH_SEGS];
@@ -124,7 +124,7 @@ struct leash_pool {
     _Atomic uint32_t size;       /* slots not EMPTY; written under lock */
     _Atomic uint32_t connecting; /* connect jobs in flight; written under lock */
     _Atomic uint64_t evict_epoch;
-    _Atomic int checking;    /* a keepalive job runs (one per pool at a time) */
+    _Atomic int checking;     /* a keepalive job runs (one per pool at a time) */
     _Atomic int checking_one; /* the idle connection it is validating right now (0 or 1) */
 
     /* the backend's state: written under lock, read lock-free by stats and health */
@@ -140,8 +140,8 @@ struct leash_pool {
      * byte-wise atomics, so the dumps copy it without a lock (leash__pool_last_error). */
     _Atomic uint32_t last_error_seq;
     _Atomic char last_error[2][256];
-    uint32_t rng;                               /* under lock */
-    const char *peers[LEASH_PEERS];             /* under lock (append-only; read lock-free) */
+    uint32_t rng;                   /* under lock */
+    const char *peers[LEASH_PEERS]; /* under lock (append-only; read lock-free) */
     _Atomic int npeers;
 
 #define LEASH_DECLARE_COUNTER(n) _Atomic uint64_t n;

@@ -236,8 +236,7 @@ void leash__dump_prometheus(struct out *o)
         }
     }
     prom_head(o, "leash_pool_up",
-              "1 while the backend answers, 0 while the pool is down (connects failing).",
-              "gauge");
+              "1 while the backend answers, 0 while the pool is down (connects failing).", "gauge");
     FOR_EACH_OPEN_POOL(p)
     {
         o_str(o, "leash_pool_up");
@@ -248,8 +247,8 @@ void leash__dump_prometheus(struct out *o)
         const char *name, *help, *type;
         size_t off;
     } times[] = {
-        {"leash_pool_wait_seconds_total", "Time successful acquires waited for handles.",
-         "counter", offsetof(leash_pool_stats, wait_ns_total)},
+        {"leash_pool_wait_seconds_total", "Time successful acquires waited for handles.", "counter",
+         offsetof(leash_pool_stats, wait_ns_total)},
         {"leash_pool_wait_seconds_max", "Longest wait for a handle.", "gauge",
          offsetof(leash_pool_stats, wait_ns_max)},
         {"leash_pool_hold_seconds_total", "Time handles were held by borrowers.", "counter",
@@ -342,4 +341,3 @@ void leash__prom_problems(struct out *o)
         }
     }
 }
-

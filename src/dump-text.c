@@ -202,8 +202,8 @@ static void json_site(struct out *o, const leash_site_stats *ss)
     const struct {
         const char *name;
         uint64_t v;
-    } f[] = {{"acquired", ss->acquired},      {"timeouts", ss->timeouts},
-             {"held_now", ss->held_now},      {"leaks", ss->leaks},
+    } f[] = {{"acquired", ss->acquired},           {"timeouts", ss->timeouts},
+             {"held_now", ss->held_now},           {"leaks", ss->leaks},
              {"dirty_returns", ss->dirty_returns}, {"misuse", ss->misuse},
              {"wait_ns_total", ss->wait_ns_total}, {"wait_ns_max", ss->wait_ns_max},
              {"hold_ns_total", ss->hold_ns_total}, {"hold_ns_max", ss->hold_ns_max}};
@@ -262,7 +262,6 @@ static void json_extra(struct out *o, struct leash_pool *p, const leash_pool_sta
     }
     o_str(o, "]");
 }
-
 
 /* ---- text ---- */
 
@@ -423,8 +422,8 @@ static void text_pool(struct out *o, struct leash_pool *p, uint64_t now, int sin
 void leash__dump_text(struct out *o)
 {
     uint64_t now = leash__now_coarse();
-    uint64_t last = o->baseline ? atomic_exchange(&last_text_dump_ns, now)
-                                : atomic_load(&last_text_dump_ns);
+    uint64_t last =
+        o->baseline ? atomic_exchange(&last_text_dump_ns, now) : atomic_load(&last_text_dump_ns);
     int npools = 0, held = 0;
     FOR_EACH_POOL(p)
     {
@@ -516,4 +515,3 @@ void leash__dump_json(struct out *o)
     }
     o_str(o, "]}\n");
 }
-

@@ -155,9 +155,8 @@ leash_pool *leash_pool_open_with(const char *name, const leash_adapter *adapter,
     st = leash__adapter_register(adapter);
     if (st != LEASH_OK)
         goto fail;
-    p = leash__aligned_alloc(LEASH_CACHE_LINE,
-                             (sizeof *p + LEASH_CACHE_LINE - 1) / LEASH_CACHE_LINE *
-                                 LEASH_CACHE_LINE);
+    p = leash__aligned_alloc(LEASH_CACHE_LINE, (sizeof *p + LEASH_CACHE_LINE - 1) /
+                                                   LEASH_CACHE_LINE * LEASH_CACHE_LINE);
     if (!p) {
         st = leash__fail(LEASH_ENOMEM, "pool \"%s\": out of memory", name);
         goto fail;
@@ -175,8 +174,8 @@ leash_pool *leash_pool_open_with(const char *name, const leash_adapter *adapter,
     uint32_t nseg = (atomic_load(&p->nslots) + LEASH_SEG_SLOTS - 1) / LEASH_SEG_SLOTS;
     int ok = t != NULL;
     for (uint32_t i = 0; ok && i < nseg; i++) {
-        struct leash_handle *seg = leash__aligned_alloc(
-            LEASH_CACHE_LINE, sizeof(struct leash_handle) * LEASH_SEG_SLOTS);
+        struct leash_handle *seg =
+            leash__aligned_alloc(LEASH_CACHE_LINE, sizeof(struct leash_handle) * LEASH_SEG_SLOTS);
         if (!seg || ((uintptr_t)seg & ~LEASH_ADDR_MASK) != 0) {
             leash__free(seg);
             ok = 0;
@@ -344,11 +343,11 @@ void leash__pool_free(struct leash_pool *p)
         leash__free((void *)p->peers[i]);
     struct leash_hooks_box *hb = atomic_load(&p->hooks);
     for (int pass = 0; pass < 2; pass++, hb = p->hooks_parked)
-    while (hb) {
-        struct leash_hooks_box *prev = hb->prev;
-        leash__free(hb);
-        hb = prev;
-    }
+        while (hb) {
+            struct leash_hooks_box *prev = hb->prev;
+            leash__free(hb);
+            hb = prev;
+        }
     leash__free(p);
 }
 
@@ -437,8 +436,8 @@ static void check_leaks(struct leash_pool *p)
 /* What maintenance does to one idle connection it took. */
 enum { KEEP, DROP_IDLE, DROP_LIFETIME, DROP_SURPLUS, DROP_RETIRED, CHECK };
 
-static int idle_verdict(struct leash_pool *p, struct leash_handle *s, uint64_t now,
-                        uint32_t kept, uint32_t *size)
+static int idle_verdict(struct leash_pool *p, struct leash_handle *s, uint64_t now, uint32_t kept,
+                        uint32_t *size)
 {
     if (atomic_load(&s->retire) || ld(&s->conn_epoch) != ld(&p->evict_epoch))
         return DROP_RETIRED;
@@ -453,10 +452,9 @@ static int idle_verdict(struct leash_pool *p, struct leash_handle *s, uint64_t n
     uint64_t idle = leash__clock_ns(ld(&s->idle_since), raw);
     if (idle > ld(&s->idle_limit) && kept >= (uint32_t)atomic_load(&p->min_idle))
         return DROP_IDLE;
-    if (p->adapter->validate &&
-        ((p->keepalive_ns && idle > p->keepalive_ns &&
-          leash__clock_ns(ld(&s->checked_ns), raw) > p->keepalive_ns) ||
-         atomic_load(&s->recheck)))
+    if (p->adapter->validate && ((p->keepalive_ns && idle > p->keepalive_ns &&
+                                  leash__clock_ns(ld(&s->checked_ns), raw) > p->keepalive_ns) ||
+                                 atomic_load(&s->recheck)))
         return CHECK;
     return KEEP;
 }

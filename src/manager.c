@@ -91,8 +91,10 @@ leash_status leash__adapter_register(const leash_adapter *a)
         i++;
     if (i == n) {
         if (n == LEASH_ADAPTERS_MAX) {
-            st = leash__fail(LEASH_ENOMEM, "adapter \"%s\": more than %d adapter tables in one "
-                             "process", a->kind, LEASH_ADAPTERS_MAX);
+            st = leash__fail(LEASH_ENOMEM,
+                             "adapter \"%s\": more than %d adapter tables in one "
+                             "process",
+                             a->kind, LEASH_ADAPTERS_MAX);
         } else if (a->process_init && a->process_init() != 0) {
             st = leash__fail(LEASH_ECONNECT, "adapter \"%s\": its process initialisation failed",
                              a->kind);

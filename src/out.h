@@ -11,7 +11,6 @@
 #include <time.h>
 #include <unistd.h>
 
-
 struct out {
     int fd, err;
     size_t n;

@@ -42,8 +42,9 @@ static inline void fork_check(struct leash_pool *p)
 
 /* Makes s (owned by the caller) the caller's borrow: the borrow record, the per-site and
  * per-slot numbers, then HELD with the next borrow number. Returns the handle value. */
-static inline __attribute__((always_inline)) leash_handle *lend(struct leash_pool *p, struct leash_handle *s, uint64_t now_raw,
-                                 uint64_t wait_ns, const char *file, int line, const char *func)
+static inline __attribute__((always_inline)) leash_handle *
+lend(struct leash_pool *p, struct leash_handle *s, uint64_t now_raw, uint64_t wait_ns,
+     const char *file, int line, const char *func)
 {
     uint32_t site;
     if (LEASH_LIKELY(s->memo_file == file && s->memo_line == line)) {
@@ -116,9 +117,8 @@ static __attribute__((noinline)) int fresh_check(struct leash_pool *p, struct le
 }
 
 /* now: the coarse tick; raw: the exact clock (idle time against validate_idle_ms) */
-static inline __attribute__((always_inline)) int fresh(struct leash_pool *p,
-                                                       struct leash_handle *s, uint64_t now,
-                                                       uint64_t raw)
+static inline __attribute__((always_inline)) int fresh(struct leash_pool *p, struct leash_handle *s,
+                                                       uint64_t now, uint64_t raw)
 {
     if (LEASH_LIKELY(!atomic_load_explicit(&s->retire, memory_order_relaxed) &&
                      !atomic_load_explicit(&s->recheck, memory_order_relaxed) &&
@@ -163,7 +163,7 @@ uint32_t leash__pool_in_use(const struct leash_pool *p)
  * draining and then waits for slots being lent or returned (RETURNING) as well as held ones:
  * the seq_cst load here and the seq_cst CAS that took s order the two. */
 static __attribute__((noinline)) leash_handle *refuse_draining(struct leash_pool *p,
-                                                              struct leash_handle *s)
+                                                               struct leash_handle *s)
 {
     if (atomic_load(&p->closed))
         leash__retire(p, s, GONE_CLOSED);
@@ -282,8 +282,8 @@ static leash_status wait_for_slot(struct leash_pool *p, int tmo, const struct ti
     return st;
 }
 
-static leash_handle *acquire_slow(struct leash_pool *p, int timeout_ms, const char *file,
-                                  int line, const char *func, struct leash_handle *check)
+static leash_handle *acquire_slow(struct leash_pool *p, int timeout_ms, const char *file, int line,
+                                  const char *func, struct leash_handle *check)
 {
     uint64_t t0 = leash__clock_raw();
     int tmo = timeout_ms < 0 ? p->timeout_ms : timeout_ms;
@@ -328,9 +328,8 @@ static leash_handle *acquire_slow(struct leash_pool *p, int timeout_ms, const ch
             break;
         case LEASH_EBUSY:
             count(&p->rejected);
-            leash__fail(LEASH_EBUSY, "pool \"%s\": %d %s already waiting (max_waiters %d)",
-                        p->name, p->max_waiters, p->max_waiters == 1 ? "thread" : "threads",
-                        p->max_waiters);
+            leash__fail(LEASH_EBUSY, "pool \"%s\": %d %s already waiting (max_waiters %d)", p->name,
+                        p->max_waiters, p->max_waiters == 1 ? "thread" : "threads", p->max_waiters);
             break;
         case LEASH_ECONNECT:
             if (fast) {
@@ -343,8 +342,8 @@ static leash_handle *acquire_slow(struct leash_pool *p, int timeout_ms, const ch
             break;
         default:
             count(&p->timeouts);
-            atomic_fetch_add_explicit(&p->sites[leash__site_index(p, file, line, func)].timeouts,
-                                      1, memory_order_relaxed);
+            atomic_fetch_add_explicit(&p->sites[leash__site_index(p, file, line, func)].timeouts, 1,
+                                      memory_order_relaxed);
             leash__describe_state(p, state, sizeof state);
             leash__fail(LEASH_ETIMEDOUT, "pool \"%s\": no handle free within %d ms (%s)", p->name,
                         tmo, state);
@@ -356,9 +355,9 @@ static leash_handle *acquire_slow(struct leash_pool *p, int timeout_ms, const ch
 }
 
 /* Lends s, an idle slot the caller took, after checking it is still fit. */
-static inline __attribute__((always_inline)) leash_handle *lend_idle(struct leash_pool *p, struct leash_handle *s,
-                                      int timeout_ms, const char *file, int line,
-                                      const char *func)
+static inline __attribute__((always_inline)) leash_handle *
+lend_idle(struct leash_pool *p, struct leash_handle *s, int timeout_ms, const char *file, int line,
+          const char *func)
 {
     uint64_t raw = leash__clock_raw();
     int f = fresh(p, s, tick(), raw);
@@ -473,8 +472,8 @@ static void misuse(struct leash_handle *s, const leash_handle *h, const char *wh
     leash__count_problem(p, file, line, func, PROB_MISUSE);
     char msg[400];
     if (file)
-        snprintf(msg, sizeof msg, "%s: the handle's borrow at %s:%d in %s() has ended", what,
-                 file, line, func ? func : "?");
+        snprintf(msg, sizeof msg, "%s: the handle's borrow at %s:%d in %s() has ended", what, file,
+                 line, func ? func : "?");
     else
         snprintf(msg, sizeof msg, "%s: the handle's borrow has ended%s", what, age);
     if (!current && st == SLOT_HELD) {
@@ -547,9 +546,8 @@ static void dirty_return(struct leash_pool *p, struct leash_handle *s, int r, in
                                 ? "returned dirty (state left behind; cleaned)"
                                 : "returned dirty (state left behind; destroyed)");
     leash__log_once(file, line, LEASH_LOG_WARN,
-                    "pool \"%s\": handle borrowed at %s:%d in %s() was returned dirty; %s",
-                    p->name, file, line, func,
-                    r == LEASH_RESET_CLEANED ? "cleaned" : "destroyed");
+                    "pool \"%s\": handle borrowed at %s:%d in %s() was returned dirty; %s", p->name,
+                    file, line, func, r == LEASH_RESET_CLEANED ? "cleaned" : "destroyed");
 }
 
 /* Ends the borrow of s (RETURNING, owned by the caller). */
@@ -584,8 +582,7 @@ static inline __attribute__((always_inline)) void give_back(struct leash_pool *p
         const char *file = atomic_load_explicit(&s->file, memory_order_relaxed);
         own_inc_rel(&s->n_reclaimed);
         leash__count_problem(p, file, atomic_load_explicit(&s->line, memory_order_relaxed),
-                             atomic_load_explicit(&s->func, memory_order_relaxed),
-                             PROB_RECLAIMED);
+                             atomic_load_explicit(&s->func, memory_order_relaxed), PROB_RECLAIMED);
     }
 
     int retire = atomic_load_explicit(&s->retire, memory_order_relaxed);
@@ -595,8 +592,8 @@ static inline __attribute__((always_inline)) void give_back(struct leash_pool *p
                        atomic_load_explicit(&p->closed, memory_order_relaxed) ||
                        atomic_load_explicit(&p->size, memory_order_relaxed) >
                            atomic_load_explicit(&p->nslots, memory_order_relaxed))) {
-        int why = retire                                    ? retire - 1
-                  : atomic_load(&s->broken)                 ? GONE_BROKEN
+        int why = retire                    ? retire - 1
+                  : atomic_load(&s->broken) ? GONE_BROKEN
                   : s->conn_gen != atomic_load(&leash__fork_gen) || atomic_load(&p->closed)
                       ? GONE_CLOSED
                       : GONE_EVICTED; /* evicted, or surplus after a shrink */
@@ -650,7 +647,8 @@ static inline int claim(struct leash_handle *s, const leash_handle *h)
     if (w_state(w) != SLOT_HELD || !h_names(h, w_borrow(w)))
         return 0;
     /* acquire: the borrower's writes to the connection happen before our reset */
-    return atomic_compare_exchange_strong_explicit(&s->word, &w, w_make(w_borrow(w), SLOT_RETURNING),
+    return atomic_compare_exchange_strong_explicit(&s->word, &w,
+                                                   w_make(w_borrow(w), SLOT_RETURNING),
                                                    memory_order_acquire, memory_order_relaxed);
 }
 

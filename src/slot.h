@@ -11,8 +11,8 @@
  *                                                                     EMPTY: the job (failed)
  *   IDLE        nobody; the idle stack links it                       RETURNING: whoever pops it
  *   CACHED      nobody; one thread's cache points to it, or a keepa-  RETURNING: whoever CASes it
- *               live job will check it (parked): stealable either way  (owner, borrower, job, close)
- *   HELD        the borrower (the borrow number names the borrow)     RETURNING: release/guard
+ *               live job will check it (parked): stealable either way  (owner, borrower, job,
+ * close) HELD        the borrower (the borrow number names the borrow)     RETURNING: release/guard
  *                                                                     (CAS, borrow number checked);
  *                                                                     ORPHANED: close (CAS)
  *   RETURNING   whoever moved it there (release, lend, maintenance)   HELD (lend), IDLE, CACHED,
@@ -79,12 +79,12 @@ struct leash_handle {
     _Alignas(LEASH_CACHE_LINE) uint32_t magic;
     uint32_t index;
     struct leash_pool *pool;
-    _Atomic uint64_t word;  /* borrow << 8 | state */
-    void *conn;             /* written by the slot's owner only */
-    uint64_t conn_gen;      /* fork generation the connection was made in */
+    _Atomic uint64_t word;       /* borrow << 8 | state */
+    void *conn;                  /* written by the slot's owner only */
+    uint64_t conn_gen;           /* fork generation the connection was made in */
     _Atomic uint64_t conn_epoch; /* the pool's evict epoch when its connect started */
-    _Atomic int broken;     /* leash_mark_broken: destroy on release */
-    _Atomic int retire;     /* 1 + a GONE_* reason: destroy instead of reusing */
+    _Atomic int broken;          /* leash_mark_broken: destroy on release */
+    _Atomic int retire;          /* 1 + a GONE_* reason: destroy instead of reusing */
     _Atomic uint64_t expire_ns;  /* max_lifetime deadline on the coarse tick (jittered) */
     _Atomic uint64_t idle_since; /* exact clock (raw) when it went idle */
 
@@ -94,14 +94,14 @@ struct leash_handle {
     _Atomic(const char *) func;
     _Atomic int line;
     _Atomic int tid;
-    _Atomic uint64_t since; /* exact clock, raw units */
-    _Atomic uint32_t site;  /* site table index of the current borrow */
+    _Atomic uint64_t since;     /* exact clock, raw units */
+    _Atomic uint32_t site;      /* site table index of the current borrow */
     _Atomic uint32_t prev_site; /* ... and of the borrow before, for misuse reports */
     _Atomic uint32_t acc_site;  /* the site acc_* below belong to */
     int memo_line;              /* the owner's memo of the last site it looked up */
     const char *memo_file;
     uint32_t memo_site;
-    _Atomic int recheck;        /* validate before the next lend */
+    _Atomic int recheck; /* validate before the next lend */
 
     /* counters owned by the slot's current owner: written with a plain load + store */
     _Atomic uint64_t acc_acquired, acc_hold_total, acc_hold_max, acc_wait_total, acc_wait_max;

@@ -158,7 +158,6 @@ void leash__values(const leash_pool_stats *s, uint64_t *v)
     memcpy(v, all, sizeof all);
 }
 
-
 uint32_t leash__group_sites(struct leash_pool *p, struct site *sites, uint32_t *others,
                             uint64_t now)
 {

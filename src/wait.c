@@ -60,8 +60,8 @@ void leash__wait_leave_locked(struct leash_pool *p, struct leash_waiter *w)
     atomic_fetch_sub_explicit(&p->nwaiters, 1, memory_order_relaxed);
     leash__connect_orphan_locked(p, w);
     /* Pass the turn on if there is something for the next one. */
-    if (p->wait_head && (STACK_IDX(atomic_load(&p->head)) != 0 ||
-                         atomic_load(&p->size) < atomic_load(&p->nslots)))
+    if (p->wait_head &&
+        (STACK_IDX(atomic_load(&p->head)) != 0 || atomic_load(&p->size) < atomic_load(&p->nslots)))
         leash__signal_head_locked(p);
 }
 

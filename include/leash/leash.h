@@ -275,8 +275,8 @@ typedef struct leash_pool_stats {
     /* appended */
     uint32_t connecting, consecutive_failures; /* connects in flight; failures since the last
                                                   success */
-    uint64_t fast_failures, keepalives; /* acquires refused at once while down; keepalive
-                                           checks */
+    uint64_t fast_failures, keepalives;        /* acquires refused at once while down; keepalive
+                                                  checks */
     uint64_t last_connect_ok_ns, last_connect_fail_ns; /* CLOCK_MONOTONIC of the last success /
                                                           failure; 0 never */
     uint64_t destroyed_broken, destroyed_dirty, destroyed_idle, destroyed_lifetime,

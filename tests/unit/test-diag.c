@@ -685,8 +685,8 @@ static void site_counts_never_go_down(int threads)
         double until = now_s() + 0.1, give_up = now_s() + 5.0;
         /* At least 0.1 s and 50 reads, and until the workers did 100 borrows (a loaded
          * machine may not run them at first), at most 5 s. */
-        for (int r = 0; (now_s() < until || r < 50 || atomic_load(&al.borrows) <= 100) &&
-                        now_s() < give_up;
+        for (int r = 0;
+             (now_s() < until || r < 50 || atomic_load(&al.borrows) <= 100) && now_s() < give_up;
              r++) {
             leash_site_stats s[4];
             int n = leash_pool_sites(p, s, 4);

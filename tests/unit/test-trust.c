@@ -133,7 +133,7 @@ static void stale_in_strict(void *arg)
     leash_handle *copy = h;
     leash_release(&h);
     leash_handle *h2 = leash_acquire(p); /* second borrow site */
-    leash_release(&copy); /* aborts */
+    leash_release(&copy);                /* aborts */
     leash_release(&h2);
 }
 
@@ -501,10 +501,10 @@ static void test_strerror_timeout_is_generic(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_stale_release_leaves_new_borrow_alone,
-                                        setup_default, fake_teardown),
-        cmocka_unit_test_setup_teardown(test_stale_accessors_never_reach_new_borrow,
-                                        setup_default, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_stale_release_leaves_new_borrow_alone, setup_default,
+                                        fake_teardown),
+        cmocka_unit_test_setup_teardown(test_stale_accessors_never_reach_new_borrow, setup_default,
+                                        fake_teardown),
         cmocka_unit_test_setup_teardown(test_guard_of_stale_value_leaves_later_borrow,
                                         setup_default, fake_teardown),
         cmocka_unit_test_setup_teardown(test_stale_release_strict_names_both_sites, setup_strict,
