@@ -305,8 +305,9 @@ typedef struct leash_site_stats {
     uint64_t wait_ns_total, wait_ns_max, hold_ns_total, hold_ns_max;
 } leash_site_stats;
 /* Fills up to max entries of out, busiest (most acquired) first; returns how many sites the
- * pool has seen (may exceed max). out may be NULL when max is 0. Bad arguments: -1 with
- * LEASH_EINVAL. */
+ * pool has seen (may exceed max). The table holds 64 sites; the ones past that share the
+ * "(other sites)" entry and count as one. out may be NULL when max is 0. Bad arguments: -1
+ * with LEASH_EINVAL. */
 LEASH_EXPORT int leash_pool_sites(leash_pool *pool, leash_site_stats *out, int max);
 
 /* Hooks, for tracing and a user's own metrics. A NULL member is skipped; NULL hooks remove
