@@ -179,6 +179,24 @@ void default_mode(void)
     assert_int_equal(leash_strict(), 0);
 }
 
+int under_valgrind(void)
+{
+    const char *v = getenv("LEASH_UNDER_VALGRIND");
+    return v && *v && strcmp(v, "0") != 0;
+}
+
+int slow_factor(void)
+{
+    return under_valgrind() ? 20 : 1;
+}
+
+int child_done(int status)
+{
+    if (!WIFEXITED(status))
+        return 0;
+    return WEXITSTATUS(status) == 0 || under_valgrind();
+}
+
 int teardown_no_leaks(void **state)
 {
     leash_set_log(NULL, NULL);

@@ -44,6 +44,16 @@ void capture_start(void);
  * signal, for tests of dirty returns being cleaned rather than aborting. */
 void default_mode(void);
 
+/* 1 under the valgrind test setup (meson test --setup=valgrind sets LEASH_UNDER_VALGRIND):
+ * everything runs some 10-50 times slower, and a forked child's exit status is valgrind's
+ * (its leak check counts memory only the parent's other threads referenced). */
+int under_valgrind(void);
+/* How much longer a time bound may be: 1, or 20 under valgrind. */
+int slow_factor(void);
+/* A child exited by itself: status 0, or under valgrind any exit status (a child killed, by
+ * the alarm of a hang among others, never counts). */
+int child_done(int status);
+
 /* The common teardown: removes the log callback, counts the handles still held (listing them
  * on stderr), shuts leash down either way so one failure does not leak into the next test,
  * then fails if any handle was held. */

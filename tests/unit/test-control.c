@@ -961,7 +961,7 @@ static void *hammer_main(void *v)
             a->failed++;
             if (took > a->worst_fail_ms)
                 a->worst_fail_ms = took;
-            if (took >= 50)
+            if (took >= 50 * (uint64_t)slow_factor())
                 a->slow++;
         }
         sleep_ms(1);
