@@ -98,8 +98,8 @@ lend(struct leash_pool *p, struct leash_handle *s, uint64_t now_raw, uint64_t wa
 enum { STALE = 0, FRESH = 1, CHECK_FIRST = 2 };
 static __attribute__((noinline)) int fresh_check(struct leash_pool *p, struct leash_handle *s,
                                                  uint64_t now)
-/* now: the coarse tick (lifetimes); the idle time was judged by the caller */
 {
+    /* now: the coarse tick (lifetimes); the idle time was judged by the caller */
     int retire = atomic_load_explicit(&s->retire, memory_order_relaxed);
     int why = -1;
     if (retire)
