@@ -178,6 +178,8 @@ leash_status leash_pool_resize(leash_pool *p, int max_size, int min_idle)
                          "%d (use 0..max_size, or -1 to keep it)",
                          p->name, min_idle, ms);
     if (st == LEASH_OK) {
+        if ((uint32_t)ms < atomic_load(&p->nslots))
+            atomic_fetch_or(&p->attn, ATTN_SHRUNK);
         atomic_store(&p->nslots, (uint32_t)ms);
         atomic_store(&p->min_idle, mi);
         leash__wake_all_locked(p); /* more room: queued waiters may connect, in order */
@@ -208,6 +210,7 @@ leash_status leash_pool_drain(leash_pool *p, int timeout_ms)
     if (atomic_load(&p->closed))
         return leash__fail(LEASH_ECLOSED, "leash_pool_drain: pool \"%s\" is closed", p->name);
     pthread_mutex_lock(&p->lock);
+    atomic_fetch_or(&p->attn, ATTN_DRAINING);
     atomic_store(&p->draining, 1);
     leash__wake_all_locked(p);
     pthread_mutex_unlock(&p->lock);
@@ -289,8 +292,12 @@ leash_status leash_pool_set_hooks(leash_pool *p, const leash_hooks *hooks, void 
         tail->prev = p->hooks_parked;
         p->hooks_parked = old;
     }
+    if (nb)
+        atomic_fetch_or(&p->attn, ATTN_HOOKS);
     /* release: pairs with the acquire in pool_hooks */
     atomic_store_explicit(&p->hooks, nb, memory_order_release);
+    if (!nb)
+        atomic_fetch_and(&p->attn, ~(uint32_t)ATTN_HOOKS);
     pthread_mutex_unlock(&p->lock);
     return LEASH_OK;
 }

@@ -92,6 +92,14 @@ struct leash_hooks_box {
 
 #define LEASH_PEERS 32 /* distinct peers interned per pool */
 
+/* struct leash_pool.attn */
+enum {
+    ATTN_CLOSED = 1,   /* closed, or about to be */
+    ATTN_DRAINING = 2, /* draining, or about to be */
+    ATTN_HOOKS = 4,    /* hooks may be set */
+    ATTN_SHRUNK = 8,   /* resized down at least once: surplus may be retired on release */
+};
+
 struct leash_pool {
     uint32_t magic;
     uint32_t id;             /* for the per-thread cache */
@@ -119,6 +127,9 @@ struct leash_pool {
     _Atomic uint64_t head_since; /* exact clock (raw) when the first waiter became first */
     _Atomic int closed;
     _Atomic int draining;
+    /* ATTN_* bits, a superset of the rare conditions the fast path must look at: each is set
+     * (seq_cst) before the state it announces, so a fast path that reads 0 may skip them */
+    _Atomic uint32_t attn;
     _Atomic int active; /* set by acquires, cleared by the maintenance thread */
     _Atomic uint64_t fork_gen;
     _Atomic uint32_t size;       /* slots not EMPTY; written under lock */

@@ -95,6 +95,9 @@ static leash_status check_name(const char *name)
     return LEASH_OK;
 }
 
+/* A new slot's memo of its last borrow's call site: an address no caller passes. */
+static const char memo_unset[1];
+
 void leash__slots_init(struct leash_pool *p, struct leash_handle *seg, uint32_t first)
 {
     memset(seg, 0, sizeof(struct leash_handle) * LEASH_SEG_SLOTS);
@@ -102,6 +105,7 @@ void leash__slots_init(struct leash_pool *p, struct leash_handle *seg, uint32_t 
         seg[i].magic = LEASH_SLOT_MAGIC;
         seg[i].index = first + i;
         seg[i].pool = p;
+        seg[i].memo_file = memo_unset;
         atomic_store(&seg[i].suspected, UINT64_MAX);
         atomic_store(&seg[i].acc_site, UINT32_MAX);
         atomic_store(&seg[i].prev_site, UINT32_MAX);

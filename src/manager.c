@@ -453,6 +453,7 @@ leash_status leash__register_pool(struct leash_pool *p)
 int leash__unregister_pool(struct leash_pool *p)
 {
     pthread_mutex_lock(&g.lock);
+    atomic_fetch_or(&p->attn, ATTN_CLOSED);
     int was_open = !atomic_exchange(&p->closed, 1);
     pthread_mutex_unlock(&g.lock);
     return was_open;

@@ -40,25 +40,48 @@ static inline void fork_check(struct leash_pool *p)
 
 /* ---- lending ---- */
 
+/* The borrow about to start on s is at a call site other than the slot's last borrow: the
+ * site's table entry, the borrow record's file, line and function, the slot's per-site
+ * numbers (folded into the table entry of the site they belong to). */
+static __attribute__((noinline)) void lend_at_new_site(struct leash_pool *p,
+                                                       struct leash_handle *s, const char *file,
+                                                       int line, const char *func)
+{
+    const char *f = file ? file : "?", *fn = func ? func : "?";
+    uint32_t site = leash__site_index(p, f, line, fn);
+    s->memo_file = file;
+    s->memo_line = line;
+    s->memo_func = func;
+    if (atomic_load_explicit(&s->acc_site, memory_order_relaxed) != site) {
+        leash__site_flush(p, s);
+        atomic_store_explicit(&s->acc_site, site, memory_order_relaxed);
+    }
+    uint32_t cur = atomic_load_explicit(&s->site, memory_order_relaxed);
+    if (cur != site) {
+        /* The previous borrow's site, for misuse reports (unchanged while it is the same). */
+        atomic_store_explicit(&s->prev_site, cur, memory_order_relaxed);
+        atomic_store_explicit(&s->site, site, memory_order_relaxed);
+        atomic_store_explicit(&s->site_since,
+                              w_borrow(atomic_load_explicit(&s->word, memory_order_relaxed)) + 1,
+                              memory_order_relaxed);
+    }
+    atomic_store_explicit(&s->file, f, memory_order_relaxed);
+    atomic_store_explicit(&s->func, fn, memory_order_relaxed);
+    atomic_store_explicit(&s->line, line, memory_order_relaxed);
+}
+
 /* Makes s (owned by the caller) the caller's borrow: the borrow record, the per-site and
- * per-slot numbers, then HELD with the next borrow number. Returns the handle value. */
+ * per-slot numbers, then HELD with the next borrow number. Returns the handle value.
+ *
+ * The record's site (file, line, function, table entry, acc_site) is written only when it
+ * changes: the memo holds the arguments of the slot's last borrow, and only lend writes the
+ * record, so a borrow from the same call site finds it as it needs it. */
 static inline __attribute__((always_inline)) leash_handle *
 lend(struct leash_pool *p, struct leash_handle *s, uint64_t now_raw, uint64_t wait_ns,
      const char *file, int line, const char *func)
 {
-    uint32_t site;
-    if (LEASH_LIKELY(s->memo_file == file && s->memo_line == line)) {
-        site = s->memo_site;
-    } else {
-        site = leash__site_index(p, file, line, func);
-        s->memo_file = file;
-        s->memo_line = line;
-        s->memo_site = site;
-    }
-    if (LEASH_UNLIKELY(atomic_load_explicit(&s->acc_site, memory_order_relaxed) != site)) {
-        leash__site_flush(p, s);
-        atomic_store_explicit(&s->acc_site, site, memory_order_relaxed);
-    }
+    if (LEASH_UNLIKELY(s->memo_file != file || s->memo_line != line || s->memo_func != func))
+        lend_at_new_site(p, s, file, line, func);
     own_inc(&s->acc_acquired, 1);
     /* Every bucket counted where it happens, so each is monotonic on its own and _count
      * (their sum) too. */
@@ -69,18 +92,6 @@ lend(struct leash_pool *p, struct leash_handle *s, uint64_t now_raw, uint64_t wa
         own_inc(&s->wait_ns_total, wait_ns);
         own_max(&s->wait_ns_max, wait_ns);
     }
-    uint32_t cur = atomic_load_explicit(&s->site, memory_order_relaxed);
-    if (LEASH_UNLIKELY(cur != site)) {
-        /* The previous borrow's site, for misuse reports (unchanged while it is the same). */
-        atomic_store_explicit(&s->prev_site, cur, memory_order_relaxed);
-        atomic_store_explicit(&s->site, site, memory_order_relaxed);
-        atomic_store_explicit(&s->site_since,
-                              w_borrow(atomic_load_explicit(&s->word, memory_order_relaxed)) + 1,
-                              memory_order_relaxed);
-    }
-    atomic_store_explicit(&s->file, file, memory_order_relaxed);
-    atomic_store_explicit(&s->func, func, memory_order_relaxed);
-    atomic_store_explicit(&s->line, line, memory_order_relaxed);
     atomic_store_explicit(&s->tid, leash__tid(), memory_order_relaxed);
     atomic_store_explicit(&s->since, now_raw, memory_order_relaxed);
     uint64_t w = atomic_load_explicit(&s->word, memory_order_relaxed);
@@ -286,6 +297,10 @@ static leash_handle *acquire_slow(struct leash_pool *p, int timeout_ms, const ch
                                   const char *func, struct leash_handle *check)
 {
     uint64_t t0 = leash__clock_raw();
+    if (!file)
+        file = "?";
+    if (!func)
+        func = "?";
     int tmo = timeout_ms < 0 ? p->timeout_ms : timeout_ms;
     atomic_store_explicit(&p->active, 1, memory_order_relaxed);
     struct timespec deadline = deadline_in(tmo);
@@ -363,10 +378,12 @@ lend_idle(struct leash_pool *p, struct leash_handle *s, int timeout_ms, const ch
     int f = fresh(p, s, tick(), raw);
     if (LEASH_UNLIKELY(f != FRESH))
         return acquire_slow(p, timeout_ms, file, line, func, f == CHECK_FIRST ? s : NULL);
-    if (LEASH_UNLIKELY(stopping(p)))
+    /* seq_cst: the draining check after the CAS that took s (see refuse_draining) */
+    uint32_t attn = atomic_load(&p->attn);
+    if (LEASH_UNLIKELY(attn & ATTN_DRAINING) && stopping(p))
         return refuse_draining(p, s);
     leash_handle *h = lend(p, s, raw, 0, file, line, func);
-    if (LEASH_UNLIKELY(atomic_load_explicit(&p->hooks, memory_order_relaxed) != NULL))
+    if (LEASH_UNLIKELY(attn & ATTN_HOOKS))
         on_acquire(p, h, 0, LEASH_OK);
     return h;
 }
@@ -382,25 +399,25 @@ leash_handle *leash_acquire_at(leash_pool *p, int timeout_ms, const char *file, 
                                 "leash_acquire: timeout_ms %d (use -1, 0 or a positive value)",
                                 timeout_ms);
     fork_check(p);
-    if (LEASH_UNLIKELY(atomic_load_explicit(&p->closed, memory_order_relaxed) ||
-                       atomic_load_explicit(&p->draining, memory_order_relaxed))) {
+    if (LEASH_UNLIKELY(atomic_load_explicit(&p->attn, memory_order_relaxed) &
+                           (ATTN_CLOSED | ATTN_DRAINING)) &&
+        (atomic_load_explicit(&p->closed, memory_order_relaxed) ||
+         atomic_load_explicit(&p->draining, memory_order_relaxed))) {
         leash__fail(LEASH_ECLOSED, "pool \"%s\" is %s", p->name,
                     atomic_load(&p->closed) ? "closed" : "draining");
         on_acquire(p, NULL, 0, LEASH_ECLOSED);
         return NULL;
     }
-    if (!file)
-        file = "?";
-    if (!func)
-        func = "?";
-    /* The handle this thread returned last, if nobody took it since. */
+    /* The handle this thread returned last, if nobody took it since. The entry keeps
+     * pointing at it while it is lent (a CAS from CACHED is what takes it), so a thread that
+     * borrows and returns the same slot rewrites nothing here. */
     struct leash_cache_entry *ce = &leash__t_cache[p->id % LEASH_CACHE_WAYS];
     struct leash_handle *s = ce->slot;
     if (s && ce->epoch == atomic_load_explicit(&leash__epoch, memory_order_relaxed) &&
         s->pool == p) {
-        ce->slot = NULL;
         if (LEASH_LIKELY(slot_cas(s, SLOT_CACHED, SLOT_RETURNING)))
             return lend_idle(p, s, timeout_ms, file, line, func);
+        ce->slot = NULL;
     }
     /* Threads not yet queued may take an idle handle while the first waiter has waited
      * less than BARGE_NS: a thread that just released keeps running instead of sleeping
@@ -518,10 +535,12 @@ static inline void cache_put(struct leash_pool *p, struct leash_handle *s)
      * steals, or we see it waiting) */
     uint64_t w = atomic_load_explicit(&s->word, memory_order_relaxed);
     atomic_store_explicit(&s->word, w_make(w_borrow(w), SLOT_CACHED), memory_order_seq_cst);
-    ce->slot = s;
-    ce->epoch = epoch;
-    if (old && slot_cas(old, SLOT_CACHED, SLOT_RETURNING))
-        leash__push_idle(old->pool, old);
+    if (LEASH_UNLIKELY(old != s)) {
+        ce->slot = s;
+        ce->epoch = epoch;
+        if (old && slot_cas(old, SLOT_CACHED, SLOT_RETURNING))
+            leash__push_idle(old->pool, old);
+    }
     /* A thread that started waiting meanwhile may have missed s: give it to the stack. */
     if (LEASH_UNLIKELY(atomic_load(&p->nwaiters) != 0)) {
         if (slot_cas(s, SLOT_CACHED, SLOT_RETURNING)) {
@@ -570,12 +589,12 @@ static inline __attribute__((always_inline)) void give_back(struct leash_pool *p
         leash__retire(p, s, GONE_BROKEN);
         return;
     }
+    uint32_t attn = atomic_load_explicit(&p->attn, memory_order_relaxed);
     if (how == END_RELEASE) {
         own_inc_rel(&s->released);
-        const struct leash_hooks_box *hb = atomic_load_explicit(&p->hooks, memory_order_relaxed);
-        if (LEASH_UNLIKELY(hb != NULL)) {
-            hb = pool_hooks(p);
-            if (hb->hooks.on_release)
+        if (LEASH_UNLIKELY(attn & ATTN_HOOKS)) {
+            const struct leash_hooks_box *hb = pool_hooks(p);
+            if (hb && hb->hooks.on_release)
                 hb->hooks.on_release(p, h_make(s, borrow), held, hb->arg);
         }
     } else {
@@ -589,9 +608,10 @@ static inline __attribute__((always_inline)) void give_back(struct leash_pool *p
     if (LEASH_UNLIKELY(retire || atomic_load_explicit(&s->broken, memory_order_relaxed) ||
                        s->conn_gen !=
                            atomic_load_explicit(&leash__fork_gen, memory_order_relaxed) ||
-                       atomic_load_explicit(&p->closed, memory_order_relaxed) ||
-                       atomic_load_explicit(&p->size, memory_order_relaxed) >
-                           atomic_load_explicit(&p->nslots, memory_order_relaxed))) {
+                       ((attn & (ATTN_CLOSED | ATTN_SHRUNK)) &&
+                        (atomic_load_explicit(&p->closed, memory_order_relaxed) ||
+                         atomic_load_explicit(&p->size, memory_order_relaxed) >
+                             atomic_load_explicit(&p->nslots, memory_order_relaxed))))) {
         int why = retire                    ? retire - 1
                   : atomic_load(&s->broken) ? GONE_BROKEN
                   : s->conn_gen != atomic_load(&leash__fork_gen) || atomic_load(&p->closed)
@@ -616,7 +636,9 @@ static inline __attribute__((always_inline)) void give_back(struct leash_pool *p
         cache_put(p, s);
     else
         leash__push_idle(p, s);
-    if (LEASH_UNLIKELY(atomic_load(&p->closed)))
+    /* seq_cst: after s became CACHED or IDLE, before a close's walk (which sets the bit
+     * first): either the close finds s, or this finds the bit */
+    if (LEASH_UNLIKELY(atomic_load(&p->attn) & ATTN_CLOSED) && atomic_load(&p->closed))
         leash__pool_destroy_orphans(p);
 }
 

@@ -98,9 +98,9 @@ struct leash_handle {
     _Atomic uint32_t site;      /* site table index of the current borrow */
     _Atomic uint32_t prev_site; /* ... and of the borrow before, for misuse reports */
     _Atomic uint32_t acc_site;  /* the site acc_* below belong to */
-    int memo_line;              /* the owner's memo of the last site it looked up */
-    const char *memo_file;
-    uint32_t memo_site;
+    int memo_line;              /* the arguments of the slot's last borrow, as given (see */
+    const char *memo_file;      /* lend in pool.c); a new slot's memo_file points at */
+    const char *memo_func;      /* nothing a caller can pass */
     _Atomic int recheck; /* validate before the next lend */
 
     /* counters owned by the slot's current owner: written with a plain load + store */
