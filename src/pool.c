@@ -82,12 +82,10 @@ lend(struct leash_pool *p, struct leash_handle *s, uint64_t now_raw, uint64_t wa
 {
     if (LEASH_UNLIKELY(s->memo_file != file || s->memo_line != line || s->memo_func != func))
         lend_at_new_site(p, s, file, line, func);
-    own_inc(&s->acc_acquired, 1);
     /* Every bucket counted where it happens, so each is monotonic on its own and _count
      * (their sum) too. */
     own_inc(&s->hist_wait[leash__hist_bucket(wait_ns)], 1);
     if (wait_ns) {
-        own_inc(&s->acc_wait_total, wait_ns);
         own_max(&s->acc_wait_max, wait_ns);
         own_inc(&s->wait_ns_total, wait_ns);
         own_max(&s->wait_ns_max, wait_ns);
@@ -578,7 +576,6 @@ static inline __attribute__((always_inline)) void give_back(struct leash_pool *p
     own_inc(&s->hold_ns_total, held);
     own_max(&s->hold_ns_max, held);
     own_inc(&s->hist_hold[leash__hist_bucket(held)], 1);
-    own_inc(&s->acc_hold_total, held);
     own_max(&s->acc_hold_max, held);
     uint64_t borrow = w_borrow(atomic_load_explicit(&s->word, memory_order_relaxed));
     if (LEASH_UNLIKELY(ld(&s->suspected) == borrow))

@@ -104,8 +104,11 @@ struct leash_handle {
     _Atomic int recheck; /* validate before the next lend */
 
     /* counters owned by the slot's current owner: written with a plain load + store */
-    _Atomic uint64_t acc_acquired, acc_hold_total, acc_hold_max, acc_wait_total, acc_wait_max;
     _Atomic uint64_t hold_ns_total, hold_ns_max, wait_ns_total, wait_ns_max;
+    /* What the slot accumulates for acc_site: the borrows, hold and wait totals past these
+     * bases (the slot's numbers when acc_site last changed), and the maxima since then. */
+    _Atomic uint64_t acc_base_borrow, acc_base_hold, acc_base_wait;
+    _Atomic uint64_t acc_hold_max, acc_wait_max;
     /* How this slot's borrows ended, one counter per way (written with a release store once
      * the end is done: a reader that loads them with acquire and then the word sees
      * borrow - ended = 1 exactly while the borrow is held or its end is in progress). */
