@@ -39,6 +39,17 @@ static inline uint64_t leash__clock_raw(void)
     return leash__mono_ns();
 }
 
+/* The exact clock's reading when it is the time-stamp counter, else 0 (then use
+ * leash__clock_raw): for fast paths that must not call anything. */
+static inline uint64_t leash__clock_tsc(void)
+{
+#if LEASH_HAVE_TSC
+    if (__builtin_expect(atomic_load_explicit(&leash__clock_mult, memory_order_relaxed) != 0, 1))
+        return __rdtsc();
+#endif
+    return 0;
+}
+
 /* ns in raw units (for comparisons on the fast path without a conversion). */
 static inline uint64_t leash__clock_from_ns(uint64_t ns)
 {

@@ -98,6 +98,7 @@ enum {
     ATTN_DRAINING = 2, /* draining, or about to be */
     ATTN_HOOKS = 4,    /* hooks may be set */
     ATTN_SHRUNK = 8,   /* resized down at least once: surplus may be retired on release */
+    ATTN_RESET = 16,   /* the adapter has a reset (a release calls it) */
 };
 
 struct leash_pool {

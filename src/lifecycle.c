@@ -174,6 +174,8 @@ leash_pool *leash_pool_open_with(const char *name, const leash_adapter *adapter,
     memcpy(p->name, name, strlen(name) + 1);
     p->adapter = adapter;
     p->ctx = ctx;
+    if (adapter->reset)
+        atomic_store(&p->attn, ATTN_RESET);
     struct leash_target *t = leash__target_new(p, target);
     uint32_t nseg = (atomic_load(&p->nslots) + LEASH_SEG_SLOTS - 1) / LEASH_SEG_SLOTS;
     int ok = t != NULL;

@@ -70,6 +70,13 @@ static __attribute__((noinline)) void lend_at_new_site(struct leash_pool *p,
     atomic_store_explicit(&s->line, line, memory_order_relaxed);
 }
 
+/* The borrow about to start on s is at the same call site as its last one. */
+static inline int same_site(const struct leash_handle *s, const char *file, int line,
+                            const char *func)
+{
+    return s->memo_file == file && s->memo_line == line && s->memo_func == func;
+}
+
 /* Makes s (owned by the caller) the caller's borrow: the borrow record, the per-site and
  * per-slot numbers, then HELD with the next borrow number. Returns the handle value.
  *
@@ -77,11 +84,23 @@ static __attribute__((noinline)) void lend_at_new_site(struct leash_pool *p,
  * changes: the memo holds the arguments of the slot's last borrow, and only lend writes the
  * record, so a borrow from the same call site finds it as it needs it. */
 static inline __attribute__((always_inline)) leash_handle *
+lend_record(struct leash_pool *p, struct leash_handle *s, uint64_t now_raw, uint64_t wait_ns,
+            int tid);
+static inline __attribute__((always_inline)) leash_handle *
 lend(struct leash_pool *p, struct leash_handle *s, uint64_t now_raw, uint64_t wait_ns,
      const char *file, int line, const char *func)
 {
-    if (LEASH_UNLIKELY(s->memo_file != file || s->memo_line != line || s->memo_func != func))
+    if (LEASH_UNLIKELY(!same_site(s, file, line, func)))
         lend_at_new_site(p, s, file, line, func);
+    return lend_record(p, s, now_raw, wait_ns, leash__tid());
+}
+
+/* The rest of lend, which calls nothing. */
+static inline __attribute__((always_inline)) leash_handle *
+lend_record(struct leash_pool *p, struct leash_handle *s, uint64_t now_raw, uint64_t wait_ns,
+            int tid)
+{
+    (void)p;
     /* Every bucket counted where it happens, so each is monotonic on its own and _count
      * (their sum) too. */
     own_inc(&s->hist_wait[leash__hist_bucket(wait_ns)], 1);
@@ -90,7 +109,7 @@ lend(struct leash_pool *p, struct leash_handle *s, uint64_t now_raw, uint64_t wa
         own_inc(&s->wait_ns_total, wait_ns);
         own_max(&s->wait_ns_max, wait_ns);
     }
-    atomic_store_explicit(&s->tid, leash__tid(), memory_order_relaxed);
+    atomic_store_explicit(&s->tid, tid, memory_order_relaxed);
     atomic_store_explicit(&s->since, now_raw, memory_order_relaxed);
     uint64_t w = atomic_load_explicit(&s->word, memory_order_relaxed);
     assert(w_state(w) == SLOT_RETURNING);
@@ -126,13 +145,20 @@ static __attribute__((noinline)) int fresh_check(struct leash_pool *p, struct le
 }
 
 /* now: the coarse tick; raw: the exact clock (idle time against validate_idle_ms) */
+/* Nothing about s needs a look before it is lent (no call in it). */
+static inline int fresh_now(struct leash_pool *p, struct leash_handle *s, uint64_t now,
+                            uint64_t raw)
+{
+    return !atomic_load_explicit(&s->retire, memory_order_relaxed) &&
+           !atomic_load_explicit(&s->recheck, memory_order_relaxed) &&
+           raw - ld(&s->idle_since) <= p->validate_raw && now < ld(&s->expire_ns) &&
+           ld(&s->conn_epoch) == ld(&p->evict_epoch);
+}
+
 static inline __attribute__((always_inline)) int fresh(struct leash_pool *p, struct leash_handle *s,
                                                        uint64_t now, uint64_t raw)
 {
-    if (LEASH_LIKELY(!atomic_load_explicit(&s->retire, memory_order_relaxed) &&
-                     !atomic_load_explicit(&s->recheck, memory_order_relaxed) &&
-                     raw - ld(&s->idle_since) <= p->validate_raw && now < ld(&s->expire_ns) &&
-                     ld(&s->conn_epoch) == ld(&p->evict_epoch)))
+    if (LEASH_LIKELY(fresh_now(p, s, now, raw)))
         return FRESH;
     return fresh_check(p, s, now);
 }
@@ -368,9 +394,10 @@ static leash_handle *acquire_slow(struct leash_pool *p, int timeout_ms, const ch
 }
 
 /* Lends s, an idle slot the caller took, after checking it is still fit. */
-static inline __attribute__((always_inline)) leash_handle *
-lend_idle(struct leash_pool *p, struct leash_handle *s, int timeout_ms, const char *file, int line,
-          const char *func)
+static __attribute__((noinline)) leash_handle *lend_idle(struct leash_pool *p,
+                                                         struct leash_handle *s, int timeout_ms,
+                                                         const char *file, int line,
+                                                         const char *func)
 {
     uint64_t raw = leash__clock_raw();
     int f = fresh(p, s, tick(), raw);
@@ -386,8 +413,45 @@ lend_idle(struct leash_pool *p, struct leash_handle *s, int timeout_ms, const ch
     return h;
 }
 
-leash_handle *leash_acquire_at(leash_pool *p, int timeout_ms, const char *file, int line,
-                               const char *func)
+/* Past this thread's cache: the top of the idle stack, else the waiting protocol. */
+static __attribute__((noinline)) leash_handle *acquire_shared(struct leash_pool *p,
+                                                              int timeout_ms, const char *file,
+                                                              int line, const char *func)
+{
+    /* Threads not yet queued may take an idle handle while the first waiter has waited
+     * less than BARGE_NS: a thread that just released keeps running instead of sleeping
+     * behind the queue (no convoy). Past that, newcomers queue up behind it (no
+     * starvation). Waiters themselves are always served in arrival order. */
+    if (LEASH_LIKELY(atomic_load_explicit(&p->nwaiters, memory_order_relaxed) == 0 ||
+                     leash__clock_ns(ld(&p->head_since), leash__clock_raw()) < BARGE_NS)) {
+        if (LEASH_UNLIKELY(!atomic_load_explicit(&p->active, memory_order_relaxed)))
+            atomic_store_explicit(&p->active, 1, memory_order_relaxed);
+        struct leash_handle *s = stack_pop(p);
+        if (LEASH_LIKELY(s != NULL))
+            return lend_idle(p, s, timeout_ms, file, line, func);
+    }
+    return acquire_slow(p, timeout_ms, file, line, func, NULL);
+}
+
+/* The handle this thread returned last, if nobody took it since (the caller owns it then:
+ * RETURNING), else NULL. The entry keeps pointing at it while it is lent (a CAS from CACHED
+ * is what takes it), so a thread that borrows and returns the same slot rewrites nothing
+ * here. */
+static inline struct leash_handle *cache_take(struct leash_pool *p)
+{
+    struct leash_cache_entry *ce = &leash__t_cache[p->id % LEASH_CACHE_WAYS];
+    struct leash_handle *s = ce->slot;
+    if (s && ce->epoch == atomic_load_explicit(&leash__epoch, memory_order_relaxed) &&
+        s->pool == p && slot_cas(s, SLOT_CACHED, SLOT_RETURNING))
+        return s;
+    return NULL;
+}
+
+/* Every check before a handle is taken, in full: bad arguments, a forked child's first
+ * call, a closed or draining pool; then the way any acquire goes. */
+static __attribute__((noinline)) leash_handle *acquire_checked(leash_pool *p, int timeout_ms,
+                                                               const char *file, int line,
+                                                               const char *func)
 {
     if (LEASH_UNLIKELY(!p || p->magic != LEASH_POOL_MAGIC))
         return leash__fail_null(LEASH_EINVAL, "leash_acquire: %s",
@@ -397,39 +461,42 @@ leash_handle *leash_acquire_at(leash_pool *p, int timeout_ms, const char *file, 
                                 "leash_acquire: timeout_ms %d (use -1, 0 or a positive value)",
                                 timeout_ms);
     fork_check(p);
-    if (LEASH_UNLIKELY(atomic_load_explicit(&p->attn, memory_order_relaxed) &
-                           (ATTN_CLOSED | ATTN_DRAINING)) &&
-        (atomic_load_explicit(&p->closed, memory_order_relaxed) ||
-         atomic_load_explicit(&p->draining, memory_order_relaxed))) {
+    if (atomic_load_explicit(&p->closed, memory_order_relaxed) ||
+        atomic_load_explicit(&p->draining, memory_order_relaxed)) {
         leash__fail(LEASH_ECLOSED, "pool \"%s\" is %s", p->name,
                     atomic_load(&p->closed) ? "closed" : "draining");
         on_acquire(p, NULL, 0, LEASH_ECLOSED);
         return NULL;
     }
-    /* The handle this thread returned last, if nobody took it since. The entry keeps
-     * pointing at it while it is lent (a CAS from CACHED is what takes it), so a thread that
-     * borrows and returns the same slot rewrites nothing here. */
-    struct leash_cache_entry *ce = &leash__t_cache[p->id % LEASH_CACHE_WAYS];
-    struct leash_handle *s = ce->slot;
-    if (s && ce->epoch == atomic_load_explicit(&leash__epoch, memory_order_relaxed) &&
-        s->pool == p) {
-        if (LEASH_LIKELY(slot_cas(s, SLOT_CACHED, SLOT_RETURNING)))
-            return lend_idle(p, s, timeout_ms, file, line, func);
-        ce->slot = NULL;
-    }
-    /* Threads not yet queued may take an idle handle while the first waiter has waited
-     * less than BARGE_NS: a thread that just released keeps running instead of sleeping
-     * behind the queue (no convoy). Past that, newcomers queue up behind it (no
-     * starvation). Waiters themselves are always served in arrival order. */
-    if (LEASH_LIKELY(atomic_load_explicit(&p->nwaiters, memory_order_relaxed) == 0 ||
-                     leash__clock_ns(ld(&p->head_since), leash__clock_raw()) < BARGE_NS)) {
-        if (LEASH_UNLIKELY(!atomic_load_explicit(&p->active, memory_order_relaxed)))
-            atomic_store_explicit(&p->active, 1, memory_order_relaxed);
-        s = stack_pop(p);
-        if (LEASH_LIKELY(s != NULL))
-            return lend_idle(p, s, timeout_ms, file, line, func);
-    }
-    return acquire_slow(p, timeout_ms, file, line, func, NULL);
+    struct leash_handle *s = cache_take(p);
+    if (s)
+        return lend_idle(p, s, timeout_ms, file, line, func);
+    return acquire_shared(p, timeout_ms, file, line, func);
+}
+
+/* The common case (a handle from this thread's cache, fit, lent from the same call site as
+ * its last borrow, on the time-stamp counter) calls nothing, so it saves no registers and
+ * spills nothing: each other case is a tail call into the general code above. */
+leash_handle *leash_acquire_at(leash_pool *p, int timeout_ms, const char *file, int line,
+                               const char *func)
+{
+    if (LEASH_UNLIKELY(!p || p->magic != LEASH_POOL_MAGIC || timeout_ms < -1 ||
+                       ld(&p->fork_gen) !=
+                           atomic_load_explicit(&leash__fork_gen, memory_order_relaxed) ||
+                       (atomic_load_explicit(&p->attn, memory_order_relaxed) &
+                        (ATTN_CLOSED | ATTN_DRAINING))))
+        return acquire_checked(p, timeout_ms, file, line, func);
+    struct leash_handle *s = cache_take(p);
+    if (LEASH_UNLIKELY(!s))
+        return acquire_shared(p, timeout_ms, file, line, func);
+    uint64_t raw = leash__clock_tsc();
+    int tid = leash__t_tid;
+    /* seq_cst: the draining check after the CAS that took s (see refuse_draining) */
+    uint32_t attn = atomic_load(&p->attn);
+    if (LEASH_UNLIKELY(!raw || !tid || (attn & (ATTN_DRAINING | ATTN_HOOKS)) ||
+                       !fresh_now(p, s, tick(), raw) || !same_site(s, file, line, func)))
+        return lend_idle(p, s, timeout_ms, file, line, func);
+    return lend_record(p, s, raw, 0, tid);
 }
 
 /* ---- giving back ---- */
@@ -521,6 +588,19 @@ void leash__push_idle(struct leash_pool *p, struct leash_handle *s)
         leash__wake_head(p);
 }
 
+/* s (CACHED now, and in this thread's cache) was returned while a thread queued: it goes to
+ * the stack for it, or the first waiter is woken (someone took s meanwhile). */
+static __attribute__((noinline)) void cached_while_waiting(struct leash_pool *p,
+                                                           struct leash_handle *s)
+{
+    if (slot_cas(s, SLOT_CACHED, SLOT_RETURNING)) {
+        leash__t_cache[p->id % LEASH_CACHE_WAYS].slot = NULL;
+        leash__push_idle(p, s);
+    } else {
+        leash__wake_head(p);
+    }
+}
+
 /* Keeps s (returned, clean, owned by the caller) in this thread's cache; the handle that
  * was there goes to its pool's stack. */
 static inline void cache_put(struct leash_pool *p, struct leash_handle *s)
@@ -540,14 +620,8 @@ static inline void cache_put(struct leash_pool *p, struct leash_handle *s)
             leash__push_idle(old->pool, old);
     }
     /* A thread that started waiting meanwhile may have missed s: give it to the stack. */
-    if (LEASH_UNLIKELY(atomic_load(&p->nwaiters) != 0)) {
-        if (slot_cas(s, SLOT_CACHED, SLOT_RETURNING)) {
-            ce->slot = NULL;
-            leash__push_idle(p, s);
-        } else {
-            leash__wake_head(p);
-        }
-    }
+    if (LEASH_UNLIKELY(atomic_load(&p->nwaiters) != 0))
+        cached_while_waiting(p, s);
 }
 
 static void dirty_return(struct leash_pool *p, struct leash_handle *s, int r, int how)
@@ -567,11 +641,12 @@ static void dirty_return(struct leash_pool *p, struct leash_handle *s, int r, in
                     file, line, func, r == LEASH_RESET_CLEANED ? "cleaned" : "destroyed");
 }
 
-/* Ends the borrow of s (RETURNING, owned by the caller). */
-static inline __attribute__((always_inline)) void give_back(struct leash_pool *p,
-                                                            struct leash_handle *s, int how)
+/* The numbers of a borrow of s that ends at released_at (s RETURNING, owned by the caller):
+ * its hold, a late return of a suspected leak, the way it ended. Calls nothing. Returns the
+ * hold in ns. */
+static inline __attribute__((always_inline)) uint64_t
+end_numbers(struct leash_pool *p, struct leash_handle *s, int how, uint64_t released_at)
 {
-    uint64_t released_at = leash__clock_raw();
     uint64_t held = leash__clock_ns(ld(&s->since), released_at);
     own_inc(&s->hold_ns_total, held);
     own_max(&s->hold_ns_max, held);
@@ -580,24 +655,32 @@ static inline __attribute__((always_inline)) void give_back(struct leash_pool *p
     uint64_t borrow = w_borrow(atomic_load_explicit(&s->word, memory_order_relaxed));
     if (LEASH_UNLIKELY(ld(&s->suspected) == borrow))
         count(&p->returned_late);
+    own_inc_rel(how == END_RELEASE   ? &s->released
+                : how == END_DISCARD ? &s->n_discarded
+                                     : &s->n_reclaimed);
+    return held;
+}
 
+/* After end_numbers: the hooks, the retiring checks, the adapter's reset, then back to this
+ * thread's cache or the stack. */
+static __attribute__((noinline)) void give_back_rest(struct leash_pool *p, struct leash_handle *s,
+                                                     int how, uint64_t released_at, uint64_t held)
+{
     if (how == END_DISCARD) {
-        own_inc_rel(&s->n_discarded);
         leash__retire(p, s, GONE_BROKEN);
         return;
     }
     uint32_t attn = atomic_load_explicit(&p->attn, memory_order_relaxed);
     if (how == END_RELEASE) {
-        own_inc_rel(&s->released);
         if (LEASH_UNLIKELY(attn & ATTN_HOOKS)) {
             const struct leash_hooks_box *hb = pool_hooks(p);
+            uint64_t borrow = w_borrow(atomic_load_explicit(&s->word, memory_order_relaxed));
             if (hb && hb->hooks.on_release)
                 hb->hooks.on_release(p, h_make(s, borrow), held, hb->arg);
         }
     } else {
-        const char *file = atomic_load_explicit(&s->file, memory_order_relaxed);
-        own_inc_rel(&s->n_reclaimed);
-        leash__count_problem(p, file, atomic_load_explicit(&s->line, memory_order_relaxed),
+        leash__count_problem(p, atomic_load_explicit(&s->file, memory_order_relaxed),
+                             atomic_load_explicit(&s->line, memory_order_relaxed),
                              atomic_load_explicit(&s->func, memory_order_relaxed), PROB_RECLAIMED);
     }
 
@@ -639,6 +722,13 @@ static inline __attribute__((always_inline)) void give_back(struct leash_pool *p
         leash__pool_destroy_orphans(p);
 }
 
+/* Ends the borrow of s (RETURNING, owned by the caller). */
+static void give_back(struct leash_pool *p, struct leash_handle *s, int how)
+{
+    uint64_t released_at = leash__clock_raw();
+    give_back_rest(p, s, how, released_at, end_numbers(p, s, how, released_at));
+}
+
 /* The slot h names, or NULL (not a leash handle: EINVAL recorded). */
 static inline struct leash_handle *slot_of(const leash_handle *h, const char *fn)
 {
@@ -671,8 +761,7 @@ static inline int claim(struct leash_handle *s, const leash_handle *h)
                                                    memory_order_acquire, memory_order_relaxed);
 }
 
-static inline __attribute__((always_inline)) void end_borrow(leash_handle **hp, int how,
-                                                             const char *fn)
+static __attribute__((noinline)) void end_borrow(leash_handle **hp, int how, const char *fn)
 {
     if (!hp || !*hp)
         return;
@@ -698,9 +787,60 @@ static inline __attribute__((always_inline)) void end_borrow(leash_handle **hp, 
                                 "or a stale copy)");
 }
 
-void leash_release(leash_handle **h)
+/* What cache_put and give_back_rest do after s became CACHED: a thread that queued
+ * meanwhile, a close that began meanwhile. */
+static __attribute__((noinline)) void cached_then(struct leash_pool *p, struct leash_handle *s)
 {
-    end_borrow(h, END_RELEASE, "leash_release");
+    if (atomic_load(&p->nwaiters) != 0)
+        cached_while_waiting(p, s);
+    if ((atomic_load(&p->attn) & ATTN_CLOSED) && atomic_load(&p->closed))
+        leash__pool_destroy_orphans(p);
+}
+
+/* The common case (a valid handle of a live borrow, a pool with nothing that needs a look
+ * (no ATTN_* bit: an adapter with a reset has ATTN_RESET), nobody waiting, back into this thread's cache where it came
+ * from, on the time-stamp counter) calls nothing, so it saves no registers and spills
+ * nothing; each other case is a tail call into the general code (end_borrow,
+ * give_back_rest). The effects and their order are give_back's. */
+void leash_release(leash_handle **hp)
+{
+    leash_handle *h;
+    struct leash_handle *s;
+    struct leash_pool *p;
+    if (LEASH_UNLIKELY(!hp || !(h = *hp) || !(s = h_slot(h)) || s->magic != LEASH_SLOT_MAGIC ||
+                       !(p = s->pool) || p->magic != LEASH_POOL_MAGIC ||
+                       ld(&p->fork_gen) !=
+                           atomic_load_explicit(&leash__fork_gen, memory_order_relaxed) ||
+                       !claim(s, h))) {
+        end_borrow(hp, END_RELEASE, "leash_release");
+        return;
+    }
+    *hp = NULL;
+    uint64_t now = leash__clock_tsc();
+    if (LEASH_UNLIKELY(!now)) {
+        give_back(p, s, END_RELEASE);
+        return;
+    }
+    uint64_t held = end_numbers(p, s, END_RELEASE, now);
+    struct leash_cache_entry *ce = &leash__t_cache[p->id % LEASH_CACHE_WAYS];
+    if (LEASH_UNLIKELY(atomic_load_explicit(&p->attn, memory_order_relaxed) ||
+                       atomic_load_explicit(&s->retire, memory_order_relaxed) ||
+                       atomic_load_explicit(&s->broken, memory_order_relaxed) ||
+                       s->conn_gen !=
+                           atomic_load_explicit(&leash__fork_gen, memory_order_relaxed) ||
+                       atomic_load_explicit(&p->nwaiters, memory_order_relaxed) ||
+                       ce->slot != s ||
+                       ce->epoch != atomic_load_explicit(&leash__epoch, memory_order_relaxed))) {
+        give_back_rest(p, s, END_RELEASE, now, held);
+        return;
+    }
+    atomic_store_explicit(&s->idle_since, now, memory_order_relaxed);
+    /* cache_put, for the slot the entry holds already */
+    uint64_t w = atomic_load_explicit(&s->word, memory_order_relaxed);
+    atomic_store_explicit(&s->word, w_make(w_borrow(w), SLOT_CACHED), memory_order_seq_cst);
+    /* seq_cst: as in cache_put and at the end of give_back_rest */
+    if (LEASH_UNLIKELY(atomic_load(&p->nwaiters) != 0 || (atomic_load(&p->attn) & ATTN_CLOSED)))
+        cached_then(p, s);
 }
 
 void leash_discard(leash_handle **h)
