@@ -807,11 +807,10 @@ void leash_release(leash_handle **hp)
     leash_handle *h;
     struct leash_handle *s;
     struct leash_pool *p;
+    uint64_t fork_gen = atomic_load_explicit(&leash__fork_gen, memory_order_relaxed);
     if (LEASH_UNLIKELY(!hp || !(h = *hp) || !(s = h_slot(h)) || s->magic != LEASH_SLOT_MAGIC ||
                        !(p = s->pool) || p->magic != LEASH_POOL_MAGIC ||
-                       ld(&p->fork_gen) !=
-                           atomic_load_explicit(&leash__fork_gen, memory_order_relaxed) ||
-                       !claim(s, h))) {
+                       ld(&p->fork_gen) != fork_gen || !claim(s, h))) {
         end_borrow(hp, END_RELEASE, "leash_release");
         return;
     }
@@ -826,10 +825,7 @@ void leash_release(leash_handle **hp)
     if (LEASH_UNLIKELY(atomic_load_explicit(&p->attn, memory_order_relaxed) ||
                        atomic_load_explicit(&s->retire, memory_order_relaxed) ||
                        atomic_load_explicit(&s->broken, memory_order_relaxed) ||
-                       s->conn_gen !=
-                           atomic_load_explicit(&leash__fork_gen, memory_order_relaxed) ||
-                       atomic_load_explicit(&p->nwaiters, memory_order_relaxed) ||
-                       ce->slot != s ||
+                       s->conn_gen != fork_gen || ce->slot != s ||
                        ce->epoch != atomic_load_explicit(&leash__epoch, memory_order_relaxed))) {
         give_back_rest(p, s, END_RELEASE, now, held);
         return;
@@ -838,7 +834,8 @@ void leash_release(leash_handle **hp)
     /* cache_put, for the slot the entry holds already */
     uint64_t w = atomic_load_explicit(&s->word, memory_order_relaxed);
     atomic_store_explicit(&s->word, w_make(w_borrow(w), SLOT_CACHED), memory_order_seq_cst);
-    /* seq_cst: as in cache_put and at the end of give_back_rest */
+    /* seq_cst: as in cache_put and at the end of give_back_rest (a thread queued before the
+     * store finds s CACHED, or is seen here: s goes to the stack for it) */
     if (LEASH_UNLIKELY(atomic_load(&p->nwaiters) != 0 || (atomic_load(&p->attn) & ATTN_CLOSED)))
         cached_then(p, s);
 }
