@@ -427,13 +427,18 @@ static void *validate_main(void *arg)
     struct leash_pool *p = j->pool;
     struct leash_handle *s = j->slot;
     int why = validated(p, s);
+    /* A connection that failed is destroyed (and counted) before the borrower hears of it:
+     * whoever reads the counters after its acquire returned sees the failure whole. */
+    if (why >= 0)
+        leash__retire(p, s, why);
+    int closing = 0;
     pthread_mutex_lock(&p->lock);
     struct leash_waiter *req = j->requester;
     if (req)
         req->job = NULL;
     if (why < 0 && (atomic_load(&p->closed) || atomic_load(&p->draining)))
-        why = GONE_CLOSED;
-    if (why < 0) {
+        closing = 1;
+    if (why < 0 && !closing) {
         atomic_store_explicit(&s->idle_since, leash__clock_raw(), memory_order_relaxed);
         if (!leash__wait_give_locked(p, s)) {
             slot_set(s, SLOT_IDLE);
@@ -444,8 +449,8 @@ static void *validate_main(void *arg)
         leash__wait_kick_locked(p); /* someone may connect instead */
     }
     pthread_mutex_unlock(&p->lock);
-    if (why >= 0)
-        leash__retire(p, s, why);
+    if (closing)
+        leash__retire(p, s, GONE_CLOSED);
     job_done(j);
     return NULL;
 }

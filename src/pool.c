@@ -43,9 +43,8 @@ static inline void fork_check(struct leash_pool *p)
 /* The borrow about to start on s is at a call site other than the slot's last borrow: the
  * site's table entry, the borrow record's file, line and function, the slot's per-site
  * numbers (folded into the table entry of the site they belong to). */
-static __attribute__((noinline)) void lend_at_new_site(struct leash_pool *p,
-                                                       struct leash_handle *s, const char *file,
-                                                       int line, const char *func)
+static __attribute__((noinline)) void lend_at_new_site(struct leash_pool *p, struct leash_handle *s,
+                                                       const char *file, int line, const char *func)
 {
     const char *f = file ? file : "?", *fn = func ? func : "?";
     uint32_t site = leash__site_index(p, f, line, fn);
@@ -77,30 +76,11 @@ static inline int same_site(const struct leash_handle *s, const char *file, int 
     return s->memo_file == file && s->memo_line == line && s->memo_func == func;
 }
 
-/* Makes s (owned by the caller) the caller's borrow: the borrow record, the per-site and
- * per-slot numbers, then HELD with the next borrow number. Returns the handle value.
- *
- * The record's site (file, line, function, table entry, acc_site) is written only when it
- * changes: the memo holds the arguments of the slot's last borrow, and only lend writes the
- * record, so a borrow from the same call site finds it as it needs it. */
+/* The part of lend (below) that calls nothing: the borrow's numbers, the record's time and
+ * thread, then HELD with the next borrow number. */
 static inline __attribute__((always_inline)) leash_handle *
-lend_record(struct leash_pool *p, struct leash_handle *s, uint64_t now_raw, uint64_t wait_ns,
-            int tid);
-static inline __attribute__((always_inline)) leash_handle *
-lend(struct leash_pool *p, struct leash_handle *s, uint64_t now_raw, uint64_t wait_ns,
-     const char *file, int line, const char *func)
+lend_record(struct leash_handle *s, uint64_t now_raw, uint64_t wait_ns, int tid)
 {
-    if (LEASH_UNLIKELY(!same_site(s, file, line, func)))
-        lend_at_new_site(p, s, file, line, func);
-    return lend_record(p, s, now_raw, wait_ns, leash__tid());
-}
-
-/* The rest of lend, which calls nothing. */
-static inline __attribute__((always_inline)) leash_handle *
-lend_record(struct leash_pool *p, struct leash_handle *s, uint64_t now_raw, uint64_t wait_ns,
-            int tid)
-{
-    (void)p;
     /* Every bucket counted where it happens, so each is monotonic on its own and _count
      * (their sum) too. */
     own_inc(&s->hist_wait[leash__hist_bucket(wait_ns)], 1);
@@ -118,6 +98,21 @@ lend_record(struct leash_pool *p, struct leash_handle *s, uint64_t now_raw, uint
      * in the accessors) */
     atomic_store_explicit(&s->word, w_make(borrow, SLOT_HELD), memory_order_release);
     return h_make(s, borrow);
+}
+
+/* Makes s (owned by the caller) the caller's borrow: the borrow record, the per-site and
+ * per-slot numbers, then HELD with the next borrow number. Returns the handle value.
+ *
+ * The record's site (file, line, function, table entry, acc_site) is written only when it
+ * changes: the memo holds the arguments of the slot's last borrow, and only lend writes the
+ * record, so a borrow from the same call site finds it as it needs it. */
+static inline __attribute__((always_inline)) leash_handle *
+lend(struct leash_pool *p, struct leash_handle *s, uint64_t now_raw, uint64_t wait_ns,
+     const char *file, int line, const char *func)
+{
+    if (LEASH_UNLIKELY(!same_site(s, file, line, func)))
+        lend_at_new_site(p, s, file, line, func);
+    return lend_record(s, now_raw, wait_ns, leash__tid());
 }
 
 /* s came off the idle stack or a cache: 1 if it may be lent as it is; 2 if it must be
@@ -414,9 +409,8 @@ static __attribute__((noinline)) leash_handle *lend_idle(struct leash_pool *p,
 }
 
 /* Past this thread's cache: the top of the idle stack, else the waiting protocol. */
-static __attribute__((noinline)) leash_handle *acquire_shared(struct leash_pool *p,
-                                                              int timeout_ms, const char *file,
-                                                              int line, const char *func)
+static __attribute__((noinline)) leash_handle *
+acquire_shared(struct leash_pool *p, int timeout_ms, const char *file, int line, const char *func)
 {
     /* Threads not yet queued may take an idle handle while the first waiter has waited
      * less than BARGE_NS: a thread that just released keeps running instead of sleeping
@@ -449,9 +443,8 @@ static inline struct leash_handle *cache_take(struct leash_pool *p)
 
 /* Every check before a handle is taken, in full: bad arguments, a forked child's first
  * call, a closed or draining pool; then the way any acquire goes. */
-static __attribute__((noinline)) leash_handle *acquire_checked(leash_pool *p, int timeout_ms,
-                                                               const char *file, int line,
-                                                               const char *func)
+static __attribute__((noinline)) leash_handle *
+acquire_checked(leash_pool *p, int timeout_ms, const char *file, int line, const char *func)
 {
     if (LEASH_UNLIKELY(!p || p->magic != LEASH_POOL_MAGIC))
         return leash__fail_null(LEASH_EINVAL, "leash_acquire: %s",
@@ -480,11 +473,10 @@ static __attribute__((noinline)) leash_handle *acquire_checked(leash_pool *p, in
 leash_handle *leash_acquire_at(leash_pool *p, int timeout_ms, const char *file, int line,
                                const char *func)
 {
-    if (LEASH_UNLIKELY(!p || p->magic != LEASH_POOL_MAGIC || timeout_ms < -1 ||
-                       ld(&p->fork_gen) !=
-                           atomic_load_explicit(&leash__fork_gen, memory_order_relaxed) ||
-                       (atomic_load_explicit(&p->attn, memory_order_relaxed) &
-                        (ATTN_CLOSED | ATTN_DRAINING))))
+    if (LEASH_UNLIKELY(
+            !p || p->magic != LEASH_POOL_MAGIC || timeout_ms < -1 ||
+            ld(&p->fork_gen) != atomic_load_explicit(&leash__fork_gen, memory_order_relaxed) ||
+            (atomic_load_explicit(&p->attn, memory_order_relaxed) & (ATTN_CLOSED | ATTN_DRAINING))))
         return acquire_checked(p, timeout_ms, file, line, func);
     struct leash_handle *s = cache_take(p);
     if (LEASH_UNLIKELY(!s))
@@ -496,7 +488,7 @@ leash_handle *leash_acquire_at(leash_pool *p, int timeout_ms, const char *file, 
     if (LEASH_UNLIKELY(!raw || !tid || (attn & (ATTN_DRAINING | ATTN_HOOKS)) ||
                        !fresh_now(p, s, tick(), raw) || !same_site(s, file, line, func)))
         return lend_idle(p, s, timeout_ms, file, line, func);
-    return lend_record(p, s, raw, 0, tid);
+    return lend_record(s, raw, 0, tid);
 }
 
 /* ---- giving back ---- */
@@ -798,9 +790,9 @@ static __attribute__((noinline)) void cached_then(struct leash_pool *p, struct l
 }
 
 /* The common case (a valid handle of a live borrow, a pool with nothing that needs a look
- * (no ATTN_* bit: an adapter with a reset has ATTN_RESET), nobody waiting, back into this thread's cache where it came
- * from, on the time-stamp counter) calls nothing, so it saves no registers and spills
- * nothing; each other case is a tail call into the general code (end_borrow,
+ * (no ATTN_* bit: an adapter with a reset has ATTN_RESET), nobody waiting, back into this thread's
+ * cache where it came from, on the time-stamp counter) calls nothing, so it saves no registers and
+ * spills nothing; each other case is a tail call into the general code (end_borrow,
  * give_back_rest). The effects and their order are give_back's. */
 void leash_release(leash_handle **hp)
 {

@@ -101,7 +101,7 @@ struct leash_handle {
     int memo_line;              /* the arguments of the slot's last borrow, as given (see */
     const char *memo_file;      /* lend in pool.c); a new slot's memo_file points at */
     const char *memo_func;      /* nothing a caller can pass */
-    _Atomic int recheck; /* validate before the next lend */
+    _Atomic int recheck;        /* validate before the next lend */
 
     /* counters owned by the slot's current owner: written with a plain load + store */
     _Atomic uint64_t hold_ns_total, hold_ns_max, wait_ns_total, wait_ns_max;

@@ -138,23 +138,9 @@ static int teardown(void **state)
 
 /* ---- running leash-stat ---- */
 
-struct run {
-    int code; /* exit status, -1 if it did not exit */
-    char *out, *err;
-};
-
-static char *read_file(const char *path)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    assert_true(fd >= 0);
-    char *s = slurp(fd);
-    close(fd);
-    return s;
-}
-
-/* Runs leash-stat with up to 4 arguments (NULL-terminated); kill_after_ms > 0 sends it
+/* Runs leash-stat with up to 6 arguments (NULL-terminated); kill_after_ms > 0 sends it
  * SIGINT then (for --watch). */
-static struct run stat_run(int kill_after_ms, const char *a1, ...)
+static struct kit_run stat_run(int kill_after_ms, const char *a1, ...)
 {
     const char *args[8] = {"leash-stat"};
     int n = 1;
@@ -163,36 +149,7 @@ static struct run stat_run(int kill_after_ms, const char *a1, ...)
     for (const char *a = a1; a && n < 7; a = va_arg(ap, const char *))
         args[n++] = a;
     va_end(ap);
-    char out_path[] = "/tmp/leash-test-stat-out-XXXXXX",
-         err_path[] = "/tmp/leash-test-stat-err-XXXXXX";
-    int out = mkstemp(out_path), err = mkstemp(err_path);
-    assert_true(out >= 0 && err >= 0);
-    fflush(NULL);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(out, 1);
-        dup2(err, 2);
-        execv(getenv("LEASH_STAT"), (char *const *)args);
-        _exit(127);
-    }
-    close(out);
-    close(err);
-    if (kill_after_ms > 0) {
-        sleep_ms(kill_after_ms);
-        kill(pid, SIGINT);
-    }
-    int st = wait_child(pid);
-    struct run r = {WIFEXITED(st) ? WEXITSTATUS(st) : -1, read_file(out_path), read_file(err_path)};
-    unlink(out_path);
-    unlink(err_path);
-    return r;
-}
-
-static void run_free(struct run *r)
-{
-    free(r->out);
-    free(r->err);
+    return run_program(getenv("LEASH_STAT"), args, kill_after_ms);
 }
 
 static const char *pid_arg(void)
@@ -210,12 +167,12 @@ static void wait_page_held(unsigned held)
     char held_s[32];
     snprintf(held_s, sizeof held_s, "\"held\":%u,", held);
     for (int i = 0; i < 100; i++) {
-        struct run r = stat_run(0, "--json", NULL);
+        struct kit_run r = stat_run(0, "--json", NULL);
         const char *at = strstr(r.out, want);
         const char *end = at ? strchr(at, '}') : NULL;
         const char *h = at ? strstr(at, held_s) : NULL;
         int ok = h && h < end;
-        run_free(&r);
+        kit_run_free(&r);
         if (ok)
             return;
         sleep_ms(100);
@@ -277,14 +234,14 @@ static void test_list_shows_the_process(void **state)
     (void)state;
     assert_string_equal(helper_say("hold 3"), "held 3");
     wait_page_held(3);
-    struct run r = stat_run(0, NULL);
+    struct kit_run r = stat_run(0, NULL);
     assert_int_equal(r.code, 0);
     char want[128];
     snprintf(want, sizeof want, "%7d  test-stat-helpe     2     3", (int)H.pid);
     if (!strstr(r.out, want))
         fail_msg("no \"%s\" in the list:\n%s", want, r.out);
     assert_non_null(strstr(r.out, "OLDEST HOLD"));
-    run_free(&r);
+    kit_run_free(&r);
     assert_string_equal(helper_say("release"), "released");
 }
 
@@ -296,14 +253,14 @@ static void test_text_is_the_dump(void **state)
     (void)state;
     assert_string_equal(helper_say("hold 2"), "held 2");
     wait_page_held(2);
-    struct run r = stat_run(0, pid_arg(), NULL);
+    struct kit_run r = stat_run(0, pid_arg(), NULL);
     assert_int_equal(r.code, 0);
     char own_path[] = "/tmp/leash-test-stat-dump-XXXXXX";
     close(mkstemp(own_path));
     char cmd[128];
     snprintf(cmd, sizeof cmd, "dump %s", own_path);
     assert_string_equal(helper_say(cmd), "dumped");
-    char *own = read_file(own_path);
+    char *own = slurp_path(own_path);
     unlink(own_path);
 
     char head[96];
@@ -321,7 +278,7 @@ static void test_text_is_the_dump(void **state)
     free(a);
     free(b);
     free(own);
-    run_free(&r);
+    kit_run_free(&r);
     assert_string_equal(helper_say("release"), "released");
 }
 
@@ -332,7 +289,7 @@ static void test_json_and_prometheus(void **state)
     (void)state;
     assert_string_equal(helper_say("hold 1"), "held 1");
     wait_page_held(1);
-    struct run j = stat_run(0, "--json", pid_arg(), NULL);
+    struct kit_run j = stat_run(0, "--json", pid_arg(), NULL);
     assert_int_equal(j.code, 0);
     char head[32];
     snprintf(head, sizeof head, "{\"pid\":%d,", (int)H.pid);
@@ -340,9 +297,9 @@ static void test_json_and_prometheus(void **state)
     assert_non_null(strstr(j.out, "\"name\":\"jobs\""));
     assert_non_null(strstr(j.out, "\"name\":\"cache\""));
     assert_null(strstr(j.out, "redis-pw"));
-    run_free(&j);
+    kit_run_free(&j);
 
-    struct run p = stat_run(0, "--prometheus", pid_arg(), NULL);
+    struct kit_run p = stat_run(0, "--prometheus", pid_arg(), NULL);
     assert_int_equal(p.code, 0);
     assert_non_null(strstr(p.out, "leash_pool_acquired_total{pool=\"jobs\",kind=\"mem\"}"));
     char path[] = "/tmp/leash-test-stat-prom-XXXXXX";
@@ -355,7 +312,7 @@ static void test_json_and_prometheus(void **state)
     unlink(path);
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
         fail_msg("promtool refused leash-stat --prometheus:\n%s", p.out);
-    run_free(&p);
+    kit_run_free(&p);
 
     const char *bad[][3] = {{"--json", "--prometheus", pid_arg()},
                             {"12ab", NULL, NULL},
@@ -363,10 +320,10 @@ static void test_json_and_prometheus(void **state)
                             {"--watch", "0", pid_arg()},
                             {"--clean", "--json", NULL}};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        struct run u = stat_run(0, bad[i][0], bad[i][1], bad[i][2], NULL);
+        struct kit_run u = stat_run(0, bad[i][0], bad[i][1], bad[i][2], NULL);
         assert_int_equal(u.code, 2);
         assert_non_null(strstr(u.err, "leash-stat: "));
-        run_free(&u);
+        kit_run_free(&u);
     }
     assert_string_equal(helper_say("release"), "released");
 }
@@ -376,13 +333,13 @@ static void test_watch_refreshes(void **state)
 {
     (void)state;
     assert_string_equal(helper_say("work 1"), "work 1");
-    struct run r = stat_run(2600, "--watch", "1", pid_arg(), NULL);
+    struct kit_run r = stat_run(2600, "--watch", "1", pid_arg(), NULL);
     int dumps = 0;
     for (const char *at = r.out; (at = strstr(at, "=== end of leash stats ===")); at++)
         dumps++;
     if (dumps < 2)
         fail_msg("--watch 1 printed %d dumps in 2.6 s:\n%s", dumps, r.out);
-    run_free(&r);
+    kit_run_free(&r);
     assert_string_equal(helper_say("work 0"), "work 0");
 }
 
@@ -398,14 +355,14 @@ static void test_stopped_process(void **state)
     assert_int_equal(waitpid(H.pid, &st, WUNTRACED), H.pid);
     assert_true(WIFSTOPPED(st));
     sleep_ms(1200);
-    struct run r = stat_run(0, pid_arg(), NULL);
+    struct kit_run r = stat_run(0, pid_arg(), NULL);
     assert_int_equal(r.code, 0);
     assert_non_null(strstr(r.out, "=== end of leash stats ===\n"));
     assert_non_null(strstr(r.err, "is stopped"));
-    run_free(&r);
-    struct run l = stat_run(0, NULL);
+    kit_run_free(&r);
+    struct kit_run l = stat_run(0, NULL);
     assert_non_null(strstr(l.out, "stopped"));
-    run_free(&l);
+    kit_run_free(&l);
     assert_int_equal(kill(H.pid, SIGCONT), 0);
     assert_string_equal(helper_say("work 0"), "work 0");
     assert_string_equal(helper_say("release"), "released");
@@ -425,10 +382,10 @@ static void test_exit_removes_the_page(void **state)
     assert_int_equal(access(page_of(pid), F_OK), -1);
     char arg[16];
     snprintf(arg, sizeof arg, "%d", (int)pid);
-    struct run r = stat_run(0, arg, NULL);
+    struct kit_run r = stat_run(0, arg, NULL);
     assert_int_equal(r.code, 1);
     assert_non_null(strstr(r.err, "no process"));
-    run_free(&r);
+    kit_run_free(&r);
 }
 
 /* leash_shutdown removes the page at once; the process lives on without one. */
@@ -438,10 +395,10 @@ static void test_shutdown_removes_the_page(void **state)
     assert_int_equal(access(page_of(H.pid), F_OK), 0);
     assert_string_equal(helper_say("shutdown"), "shut down");
     assert_int_equal(access(page_of(H.pid), F_OK), -1);
-    struct run r = stat_run(0, pid_arg(), NULL);
+    struct kit_run r = stat_run(0, pid_arg(), NULL);
     assert_int_equal(r.code, 1);
     assert_non_null(strstr(r.err, "publishes no leash stats"));
-    run_free(&r);
+    kit_run_free(&r);
 }
 
 /* SIGKILL and _exit leave the page behind: leash-stat says "gone" (exit 1) and shows
@@ -451,16 +408,16 @@ static void check_gone(pid_t pid)
     char arg[16];
     snprintf(arg, sizeof arg, "%d", (int)pid);
     assert_int_equal(access(page_of(pid), F_OK), 0);
-    struct run r = stat_run(0, arg, NULL);
+    struct kit_run r = stat_run(0, arg, NULL);
     assert_int_equal(r.code, 1);
     assert_non_null(strstr(r.err, "is gone"));
     assert_string_equal(r.out, "");
-    run_free(&r);
-    struct run l = stat_run(0, "--last", arg, NULL);
+    kit_run_free(&r);
+    struct kit_run l = stat_run(0, "--last", arg, NULL);
     assert_int_equal(l.code, 1);
     assert_non_null(strstr(l.out, "=== end of leash stats ===\n"));
-    run_free(&l);
-    struct run list = stat_run(0, NULL);
+    kit_run_free(&l);
+    struct kit_run list = stat_run(0, NULL);
     char row[32];
     snprintf(row, sizeof row, "%7d  test-stat-helpe", (int)pid);
     const char *at = strstr(list.out, row);
@@ -468,11 +425,11 @@ static void check_gone(pid_t pid)
     const char *eol = strchr(at, '\n');
     const char *gone = strstr(at, "gone");
     assert_true(gone && gone < eol);
-    run_free(&list);
-    struct run c = stat_run(0, "--clean", arg, NULL);
+    kit_run_free(&list);
+    struct kit_run c = stat_run(0, "--clean", arg, NULL);
     assert_int_equal(c.code, 0);
     assert_non_null(strstr(c.out, "removed"));
-    run_free(&c);
+    kit_run_free(&c);
     assert_int_equal(access(page_of(pid), F_OK), -1);
 }
 

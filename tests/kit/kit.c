@@ -2,6 +2,7 @@
 #include "kit.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -111,6 +112,49 @@ int wait_child(pid_t pid)
     waitpid(pid, &st, 0);
     fail_msg("child %d still running after 10 s: killed", (int)pid);
     return st;
+}
+
+char *slurp_path(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    assert_true(fd >= 0);
+    char *s = slurp(fd);
+    close(fd);
+    return s;
+}
+
+struct kit_run run_program(const char *path, const char *const *argv, int sigint_after_ms)
+{
+    char op[] = "/tmp/leash-test-run-out-XXXXXX", ep[] = "/tmp/leash-test-run-err-XXXXXX";
+    int out = mkstemp(op), err = mkstemp(ep);
+    assert_true(out >= 0 && err >= 0);
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(out, 1);
+        dup2(err, 2);
+        execv(path, (char *const *)argv);
+        _exit(127);
+    }
+    close(out);
+    close(err);
+    if (sigint_after_ms > 0) {
+        sleep_ms(sigint_after_ms);
+        kill(pid, SIGINT);
+    }
+    int st = wait_child(pid);
+    struct kit_run r = {WIFEXITED(st) ? WEXITSTATUS(st) : -1, slurp_path(op), slurp_path(ep)};
+    unlink(op);
+    unlink(ep);
+    return r;
+}
+
+void kit_run_free(struct kit_run *r)
+{
+    free(r->out);
+    free(r->err);
+    r->out = r->err = NULL;
 }
 
 leash_pool_stats stats(leash_pool *p)

@@ -16,6 +16,8 @@ uint64_t now_ms(void);
 
 /* Reads everything from fd until EOF into a malloc'd, NUL-terminated string. */
 char *slurp(int fd);
+/* The whole file at path, as slurp; fails the test if it cannot be opened. */
+char *slurp_path(const char *path);
 /* What leash_stats_dump writes for every pool in fmt, as a malloc'd string. */
 char *dump(leash_format fmt);
 
@@ -26,6 +28,17 @@ int run_child(void (*fn)(void *), void *arg, char **err);
 /* Waits up to 10 s for the child pid; a child still running then is killed and fails the
  * test (a hang in a child must not hang the suite). Returns its wait status. */
 int wait_child(pid_t pid);
+
+/* What a program run by run_program printed, and how it ended. */
+struct kit_run {
+    int code; /* exit status; -1 if it did not exit (killed by a signal: a crash) */
+    char *out, *err;
+};
+/* Runs the program at path with argv (NULL-terminated, argv[0] first), its stdout and stderr
+ * captured apart; sigint_after_ms > 0 sends it SIGINT that long after it started. A run that
+ * hangs is killed and fails the test (wait_child). */
+struct kit_run run_program(const char *path, const char *const *argv, int sigint_after_ms);
+void kit_run_free(struct kit_run *r);
 
 /* The pool's counters; fails the test if they cannot be read. */
 leash_pool_stats stats(leash_pool *p);

@@ -96,22 +96,8 @@ static const char *leash_stat_path(void)
     return path;
 }
 
-struct run {
-    int code; /* exit status; -1 killed by a signal (a crash) */
-    char *out, *err;
-};
-
-static char *read_path(const char *path)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    assert_true(fd >= 0);
-    char *s = slurp(fd);
-    close(fd);
-    return s;
-}
-
-/* Runs leash-stat with a1.. (NULL-terminated), stdout and stderr apart. */
-static struct run stat_run(const char *a1, ...)
+/* Runs leash-stat with a1.. (NULL-terminated, up to 6), stdout and stderr apart. */
+static struct kit_run stat_run(const char *a1, ...)
 {
     const char *args[8] = {"leash-stat"};
     int n = 1;
@@ -120,32 +106,7 @@ static struct run stat_run(const char *a1, ...)
     for (const char *a = a1; a && n < 7; a = va_arg(ap, const char *))
         args[n++] = a;
     va_end(ap);
-    char op[] = "/tmp/leash-test-shm-out-XXXXXX", ep[] = "/tmp/leash-test-shm-err-XXXXXX";
-    int out = mkstemp(op), err = mkstemp(ep);
-    assert_true(out >= 0 && err >= 0);
-    const char *exe = leash_stat_path();
-    fflush(NULL);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        dup2(out, 1);
-        dup2(err, 2);
-        execv(exe, (char *const *)args);
-        _exit(127);
-    }
-    close(out);
-    close(err);
-    int st = wait_child(pid);
-    struct run r = {WIFEXITED(st) ? WEXITSTATUS(st) : -1, read_path(op), read_path(ep)};
-    unlink(op);
-    unlink(ep);
-    return r;
-}
-
-static void run_free(struct run *r)
-{
-    free(r->out);
-    free(r->err);
+    return run_program(leash_stat_path(), args, 0);
 }
 
 /* ---- a child process using leash ---- */
@@ -565,35 +526,35 @@ static void test_stat_stopped_then_dead(void **state)
     int st = 0; /* until it is stopped: the signal is delivered when the child next runs */
     assert_int_equal(waitpid(c.pid, &st, WUNTRACED), c.pid);
     assert_true(WIFSTOPPED(st));
-    struct run r = stat_run(arg, NULL);
+    struct kit_run r = stat_run(arg, NULL);
     assert_int_equal(r.code, 0);
     char head[80];
     snprintf(head, sizeof head, "=== leash stats: pid %d, 1 pool, 3 handles held", (int)c.pid);
     assert_true(!strncmp(r.out, head, strlen(head)));
     assert_non_null(strstr(r.err, "is stopped"));
-    run_free(&r);
-    struct run j = stat_run("--json", arg, NULL);
+    kit_run_free(&r);
+    struct kit_run j = stat_run("--json", arg, NULL);
     assert_int_equal(j.code, 0);
     assert_non_null(strstr(j.out, "\"name\":\"child\""));
-    run_free(&j);
+    kit_run_free(&j);
 
     kill(c.pid, SIGKILL);
     close(c.ctl);
     wait_child(c.pid);
     assert_int_equal(access(page_of(c.pid), F_OK), 0); /* no exit handler ran */
-    struct run g = stat_run(arg, NULL);
+    struct kit_run g = stat_run(arg, NULL);
     assert_int_equal(g.code, 1);
     assert_non_null(strstr(g.err, "gone"));
     assert_string_equal(g.out, "");
-    run_free(&g);
-    struct run l = stat_run("--last", arg, NULL);
+    kit_run_free(&g);
+    struct kit_run l = stat_run("--last", arg, NULL);
     assert_int_equal(l.code, 1);
     assert_true(!strncmp(l.out, head, strlen(head)));
-    run_free(&l);
-    struct run cl = stat_run("--clean", arg, NULL);
+    kit_run_free(&l);
+    struct kit_run cl = stat_run("--clean", arg, NULL);
     assert_int_equal(cl.code, 0);
     assert_int_equal(access(page_of(c.pid), F_OK), -1);
-    run_free(&cl);
+    kit_run_free(&cl);
 }
 
 /* A forked child publishes its own page under its own pid; its exit removes its page and
@@ -628,15 +589,15 @@ static void test_fork_child_has_its_own_page(void **state)
     assert_int_equal(access(page_of(k.pid), F_OK), 0);
     char arg[16];
     snprintf(arg, sizeof arg, "%d", (int)k.pid);
-    struct run g = stat_run(arg, NULL);
+    struct kit_run g = stat_run(arg, NULL);
     assert_int_equal(g.code, 1);
     assert_non_null(strstr(g.err, "gone"));
-    run_free(&g);
-    struct run cl = stat_run("--clean", NULL);
+    kit_run_free(&g);
+    struct kit_run cl = stat_run("--clean", NULL);
     assert_int_equal(cl.code, 0);
     assert_int_equal(access(page_of(k.pid), F_OK), -1);
     assert_int_equal(access(page_of(getpid()), F_OK), 0); /* a live one is never cleaned */
-    run_free(&cl);
+    kit_run_free(&cl);
     leash_pool_close(p);
 }
 
@@ -740,27 +701,27 @@ static void test_stat_refuses_corrupt_pages(void **state)
         } else {
             put_page(pid, b, n);
         }
-        struct run r = stat_run(arg, NULL);
+        struct kit_run r = stat_run(arg, NULL);
         if (r.code != 2 || !strstr(r.err, cases[c].why))
             fail_msg("%s page: exit %d, stderr \"%s\" (want exit 2 and \"%s\")", name, r.code,
                      r.err, cases[c].why);
         assert_string_equal(r.out, "");
-        run_free(&r);
-        struct run l = stat_run(NULL);
+        kit_run_free(&r);
+        struct kit_run l = stat_run(NULL);
         assert_int_equal(l.code, 0);
         char row[32];
         snprintf(row, sizeof row, "%7d  ?", (int)pid);
         const char *at = strstr(l.out, row);
         if (!at || !strstr(at, "untrusted page"))
             fail_msg("%s page: the list shows\n%s", name, l.out);
-        run_free(&l);
+        kit_run_free(&l);
     }
     /* --clean leaves a live process's page alone, corrupt or not */
-    struct run cl = stat_run("--clean", arg, NULL);
+    struct kit_run cl = stat_run("--clean", arg, NULL);
     assert_int_equal(cl.code, 0);
     struct stat st;
     assert_int_equal(lstat(page_of(pid), &st), 0);
-    run_free(&cl);
+    kit_run_free(&cl);
     kill(pid, SIGKILL);
     wait_child(pid);
     unlink(page_of(pid));
@@ -809,10 +770,10 @@ static void test_shm_off(void **state)
     assert_int_equal(access(page_of(getpid()), F_OK), -1);
     char arg[16];
     snprintf(arg, sizeof arg, "%d", (int)getpid());
-    struct run r = stat_run(arg, NULL);
+    struct kit_run r = stat_run(arg, NULL);
     assert_int_equal(r.code, 1);
     assert_non_null(strstr(r.err, "publishes no leash stats"));
-    run_free(&r);
+    kit_run_free(&r);
     leash_release(&h);
     leash_shutdown();
 
