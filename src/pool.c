@@ -653,6 +653,21 @@ end_numbers(struct leash_pool *p, struct leash_handle *s, int how, uint64_t rele
     return held;
 }
 
+/* The adapter's reset on s's connection: 1 if it may be reused; else s was destroyed (dirty,
+ * or broken). */
+static inline int reset_kept(struct leash_pool *p, struct leash_handle *s, int how)
+{
+    int r = p->adapter->reset(p->ctx, s->conn);
+    if (LEASH_LIKELY(r == LEASH_RESET_CLEAN))
+        return 1;
+    if (r == LEASH_RESET_CLEANED || r == LEASH_RESET_DIRTY)
+        dirty_return(p, s, r, how);
+    if (r == LEASH_RESET_CLEANED)
+        return 1;
+    leash__retire(p, s, r == LEASH_RESET_DIRTY ? GONE_DIRTY : GONE_BROKEN);
+    return 0;
+}
+
 /* After end_numbers: the hooks, the retiring checks, the adapter's reset, then back to this
  * thread's cache or the stack. */
 static __attribute__((noinline)) void give_back_rest(struct leash_pool *p, struct leash_handle *s,
@@ -692,17 +707,8 @@ static __attribute__((noinline)) void give_back_rest(struct leash_pool *p, struc
         leash__retire(p, s, why);
         return;
     }
-    if (p->adapter->reset) {
-        int r = p->adapter->reset(p->ctx, s->conn);
-        if (LEASH_UNLIKELY(r != LEASH_RESET_CLEAN)) {
-            if (r == LEASH_RESET_CLEANED || r == LEASH_RESET_DIRTY)
-                dirty_return(p, s, r, how);
-            if (r != LEASH_RESET_CLEANED) {
-                leash__retire(p, s, r == LEASH_RESET_DIRTY ? GONE_DIRTY : GONE_BROKEN);
-                return;
-            }
-        }
-    }
+    if (p->adapter->reset && !reset_kept(p, s, how))
+        return;
     atomic_store_explicit(&s->idle_since, released_at, memory_order_relaxed);
     if (LEASH_LIKELY(atomic_load_explicit(&p->nwaiters, memory_order_relaxed) == 0))
         cache_put(p, s);
@@ -789,11 +795,33 @@ static __attribute__((noinline)) void cached_then(struct leash_pool *p, struct l
         leash__pool_destroy_orphans(p);
 }
 
+/* Puts s (returned, clean, owned by the caller) back into this thread's cache entry, which
+ * holds it already: cache_put for that case. */
+static inline __attribute__((always_inline)) void recache(struct leash_pool *p,
+                                                          struct leash_handle *s, uint64_t now)
+{
+    atomic_store_explicit(&s->idle_since, now, memory_order_relaxed);
+    uint64_t w = atomic_load_explicit(&s->word, memory_order_relaxed);
+    atomic_store_explicit(&s->word, w_make(w_borrow(w), SLOT_CACHED), memory_order_seq_cst);
+    /* seq_cst: as in cache_put and at the end of give_back_rest (a thread queued before the
+     * store finds s CACHED, or is seen here: s goes to the stack for it) */
+    if (LEASH_UNLIKELY(atomic_load(&p->nwaiters) != 0 || (atomic_load(&p->attn) & ATTN_CLOSED)))
+        cached_then(p, s);
+}
+
+/* The adapter's reset, then recache (its own function: the call needs registers kept). */
+static __attribute__((noinline)) void reset_then_recache(struct leash_pool *p,
+                                                         struct leash_handle *s, uint64_t now)
+{
+    if (reset_kept(p, s, END_RELEASE))
+        recache(p, s, now);
+}
+
 /* The common case (a valid handle of a live borrow, a pool with nothing that needs a look
- * (no ATTN_* bit: an adapter with a reset has ATTN_RESET), nobody waiting, back into this thread's
- * cache where it came from, on the time-stamp counter) calls nothing, so it saves no registers and
- * spills nothing; each other case is a tail call into the general code (end_borrow,
- * give_back_rest). The effects and their order are give_back's. */
+ * (no ATTN_* bit but ATTN_RESET: the adapter's reset is one call, in reset_then_recache), nobody
+ * waiting, back into this thread's cache where it came from, on the time-stamp counter) calls
+ * nothing, so it saves no registers and spills nothing; each other case is a tail call into the
+ * general code (end_borrow, give_back_rest). The effects and their order are give_back's. */
 void leash_release(leash_handle **hp)
 {
     leash_handle *h;
@@ -814,7 +842,8 @@ void leash_release(leash_handle **hp)
     }
     uint64_t held = end_numbers(p, s, END_RELEASE, now);
     struct leash_cache_entry *ce = &leash__t_cache[p->id % LEASH_CACHE_WAYS];
-    if (LEASH_UNLIKELY(atomic_load_explicit(&p->attn, memory_order_relaxed) ||
+    uint32_t attn = atomic_load_explicit(&p->attn, memory_order_relaxed);
+    if (LEASH_UNLIKELY((attn & ~(uint32_t)ATTN_RESET) ||
                        atomic_load_explicit(&s->retire, memory_order_relaxed) ||
                        atomic_load_explicit(&s->broken, memory_order_relaxed) ||
                        s->conn_gen != fork_gen || ce->slot != s ||
@@ -822,14 +851,10 @@ void leash_release(leash_handle **hp)
         give_back_rest(p, s, END_RELEASE, now, held);
         return;
     }
-    atomic_store_explicit(&s->idle_since, now, memory_order_relaxed);
-    /* cache_put, for the slot the entry holds already */
-    uint64_t w = atomic_load_explicit(&s->word, memory_order_relaxed);
-    atomic_store_explicit(&s->word, w_make(w_borrow(w), SLOT_CACHED), memory_order_seq_cst);
-    /* seq_cst: as in cache_put and at the end of give_back_rest (a thread queued before the
-     * store finds s CACHED, or is seen here: s goes to the stack for it) */
-    if (LEASH_UNLIKELY(atomic_load(&p->nwaiters) != 0 || (atomic_load(&p->attn) & ATTN_CLOSED)))
-        cached_then(p, s);
+    if (attn & ATTN_RESET)
+        reset_then_recache(p, s, now);
+    else
+        recache(p, s, now);
 }
 
 void leash_discard(leash_handle **h)

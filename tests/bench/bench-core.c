@@ -43,6 +43,15 @@ static void b_destroy(void *ctx, void *c)
 }
 static const leash_adapter bench_adapter = {
     .kind = "bench", .connect = b_connect, .destroy = b_destroy};
+/* The same with a reset that finds nothing to clean, as every real adapter has one: what a
+ * release pays for calling it. */
+static int b_reset(void *ctx, void *c)
+{
+    (void)ctx, (void)c;
+    return LEASH_RESET_CLEAN;
+}
+static const leash_adapter bench_adapter_reset = {
+    .kind = "bench", .connect = b_connect, .destroy = b_destroy, .reset = b_reset};
 
 #ifdef HAVE_APR
 static apr_status_t r_make(void **res, void *params, apr_pool_t *pool)
@@ -71,9 +80,9 @@ static inline uint64_t exact_clock(void)
     return now_ns();
 }
 
-enum impl { MUTEX, TIMED, LEASH, APR, NIMPL };
+enum impl { MUTEX, TIMED, LEASH, LEASH_RESET, APR, NIMPL };
 static const char *impl_name[] = {"mutex pair", "mutex pair + 2 clock reads", "leash",
-                                  "apr_reslist"};
+                                  "leash, adapter with a reset", "apr_reslist"};
 
 struct run {
     enum impl impl;
@@ -147,6 +156,7 @@ static void *worker(void *v)
             cycles_timed(r->mutex, 256);
             break;
         case LEASH:
+        case LEASH_RESET:
             cycles_leash(r->pool, 256);
             break;
         case APR:
@@ -172,9 +182,10 @@ static double measure(enum impl impl, int threads, int pool_size, double seconds
     char name[64];
     static int seq;
     snprintf(name, sizeof name, "bench-%d", seq++);
-    if (impl == LEASH) {
+    if (impl == LEASH || impl == LEASH_RESET) {
         leash_pool_options o = {.max_size = pool_size, .acquire_timeout_ms = 10000};
-        r.pool = leash_pool_open(name, &bench_adapter, "", &o);
+        r.pool =
+            leash_pool_open(name, impl == LEASH ? &bench_adapter : &bench_adapter_reset, "", &o);
         if (!r.pool) {
             fprintf(stderr, "bench: %s\n", leash_last_error());
             exit(1);
@@ -198,7 +209,7 @@ static double measure(enum impl impl, int threads, int pool_size, double seconds
     for (int i = 0; i < threads; i++)
         pthread_join(t[i], NULL);
     uint64_t el = now_ns() - t0;
-    if (impl == LEASH)
+    if (impl == LEASH || impl == LEASH_RESET)
         leash_pool_close(r.pool);
 #ifdef HAVE_APR
     if (impl == APR) {
@@ -223,8 +234,8 @@ static void best_of(int threads, int pool_size, double seconds, double best[NIMP
             if (k == APR)
                 continue;
 #endif
-            if (k == TIMED && threads > 1)
-                continue; /* the clock's cost is an uncontended question */
+            if ((k == TIMED || k == LEASH_RESET) && threads > 1)
+                continue; /* uncontended questions */
             double v = measure((enum impl)k, threads, pool_size, seconds);
             if (best[k] == 0 || v < best[k])
                 best[k] = v;
@@ -302,13 +313,14 @@ int main(int argc, char **argv)
             int by_floor = 1.15 * floor > target;
             if (by_floor)
                 target = 1.15 * floor;
-            printf("  leash / (mutex pair + 2 clock reads) = %.2fx\n", v[LEASH] / floor);
+            printf("  leash / (mutex pair + 2 clock reads) = %.2fx (with a reset: %.2fx)\n",
+                   v[LEASH] / floor, v[LEASH_RESET] / floor);
             printf("  (two clock reads alone take the mutex pair to %.2fx)\n", floor / v[MUTEX]);
-            printf("  target: leash within %.1f ns = %s\n", target,
+            printf("  target: leash (either adapter) within %.1f ns = %s\n", target,
                    by_floor ? "1.15x the mutex pair + 2 clock reads (3x the mutex pair is "
                               "below what two clock reads cost here)"
                             : "3x the mutex pair");
-            if (v[LEASH] > target)
+            if (v[LEASH] > target || v[LEASH_RESET] > target)
                 ok = 0;
         }
         if (v[APR] > 0) {
