@@ -453,6 +453,55 @@ static void test_min_idle_kept_warm(void **state)
     assert_invariant(p);
 }
 
+static int one_idle(leash_pool *p)
+{
+    leash_pool_stats st;
+    leash_pool_stats_get(p, &st);
+    return st.idle == 1;
+}
+
+/* Bad input: NULL file and func, line 0, for the first borrow of a connection min_idle made
+ * (its slot has never been lent: its memo of the last call site must not pass for NULL:0).
+ * The borrow is recorded at "?"; the next borrow of the same connection from another site
+ * is recorded there, and the "?" site keeps its one borrow. */
+static void test_null_call_site_on_a_warmed_slot(void **state)
+{
+    (void)state;
+    leash_pool_options o = {.min_idle = 1, .max_size = 1};
+    leash_pool *p = leash_pool_open("warmnull", &fake_adapter, "fake://h", &o);
+    assert_true(wait_for(p, one_idle, 2000));
+    leash_handle *h = leash_acquire_at(p, -1, NULL, 0, NULL);
+    assert_non_null(h);
+    leash_site_stats ss[8];
+    int n = leash_pool_sites(p, ss, 8);
+    int q = -1;
+    for (int i = 0; i < n && i < 8; i++)
+        if (strcmp(ss[i].file, "?") == 0 && strcmp(ss[i].func, "?") == 0 && ss[i].line == 0)
+            q = i;
+    assert_true(q >= 0);
+    assert_int_equal(ss[q].held_now, 1);
+    assert_int_equal(ss[q].acquired, 1);
+    void *conn = leash_conn(h);
+    leash_release(&h);
+    h = leash_acquire_at(p, -1, "elsewhere.c", 7, "there");
+    assert_ptr_equal(leash_conn(h), conn); /* max_size 1: the same connection */
+    n = leash_pool_sites(p, ss, 8);
+    int q2 = -1, e = -1;
+    for (int i = 0; i < n && i < 8; i++) {
+        if (strcmp(ss[i].file, "?") == 0)
+            q2 = i;
+        if (strcmp(ss[i].file, "elsewhere.c") == 0 && ss[i].line == 7)
+            e = i;
+    }
+    assert_true(q2 >= 0 && e >= 0);
+    assert_int_equal(ss[q2].acquired, 1);
+    assert_int_equal(ss[q2].held_now, 0);
+    assert_int_equal(ss[e].acquired, 1);
+    assert_int_equal(ss[e].held_now, 1);
+    leash_release(&h);
+    assert_invariant(p);
+}
+
 static void test_min_idle_backs_off_on_failure(void **state)
 {
     (void)state;
@@ -715,7 +764,7 @@ static void test_bad_input(void **state)
     assert_null(leash_acquire_for(p, -5));
     assert_int_equal(leash_last_status(), LEASH_EINVAL);
     assert_null(leash_acquire_at(p, -2, NULL, 0, NULL));
-    /* NULL file and func are recorded as "?". */
+    /* NULL file and func are recorded as "?" (test_null_call_site_on_a_warmed_slot). */
     leash_handle *h = leash_acquire_at(p, -1, NULL, 0, NULL);
     assert_non_null(h);
     leash_release(&h);
@@ -771,6 +820,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_idle_timeout_keeps_min_idle, setup, fake_teardown),
         cmocka_unit_test_setup_teardown(test_max_lifetime_replaces, setup, fake_teardown),
         cmocka_unit_test_setup_teardown(test_min_idle_kept_warm, setup, fake_teardown),
+        cmocka_unit_test_setup_teardown(test_null_call_site_on_a_warmed_slot, setup, fake_teardown),
         cmocka_unit_test_setup_teardown(test_min_idle_backs_off_on_failure, setup, fake_teardown),
         cmocka_unit_test_setup_teardown(test_suspected_leak_and_late_return, setup, fake_teardown),
         cmocka_unit_test_setup_teardown(test_connect_happens_outside_the_lock, setup,
