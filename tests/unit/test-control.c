@@ -986,6 +986,14 @@ static void test_backoff_schedule_and_recovery(void **state)
         a[i] = (struct hammer){p, &stop, &first_ok, &recovery_from, 0, 0, 0, 0};
         pthread_create(&t[i], NULL, hammer_main, &a[i]);
     }
+    /* The first failed check, reported once the threads are stopped and joined (they point
+     * into this frame). */
+    char why[768] = "";
+#define FAIL_LATER(...)                                                                            \
+    do {                                                                                           \
+        if (!why[0])                                                                               \
+            snprintf(why, sizeof why, __VA_ARGS__);                                                \
+    } while (0)
     sleep_ms(2000);
     int n = rec_count();
     uint64_t at[64];
@@ -1000,45 +1008,51 @@ static void test_backoff_schedule_and_recovery(void **state)
     /* bounded: two failures, then about one probe per doubling step (50, 100, 200, 400, 800,
      * 1000 ms) in 2 s; a storm would be thousands */
     if (n < 5 || n > 12)
-        fail_msg("%d connect attempts in 2 s while down (ms:%s)", n, sched);
+        FAIL_LATER("%d connect attempts in 2 s while down (ms:%s)", n, sched);
     /* after the pool went down (the first two failures, maybe a third already started),
      * attempts are spaced by the backoff: never closer than about 50 ms, never further apart
      * than connect_backoff_ms and a maintenance tick */
     int first = 2;
     while (first < n && at[first] - at[first - 1] < 20)
         first++;
-    for (int i = first + 1; i < n && i < 64; i++) {
+    /* (under valgrind, which runs one thread at a time, an attempt can land tens of ms late:
+     * the schedule's shape is checked on a normal run; its bounds hold everywhere) */
+    for (int i = first + 1; i < n && i < 64 && !under_valgrind(); i++) {
         uint64_t gap = at[i] - at[i - 1];
         if (gap < 45 || gap > 1150)
-            fail_msg("attempts %d and %d %llu ms apart (ms:%s)", i - 1, i, (unsigned long long)gap,
-                     sched);
+            FAIL_LATER("attempts %d and %d %llu ms apart (ms:%s)", i - 1, i,
+                       (unsigned long long)gap, sched);
     }
     /* the steps grow up to the ceiling */
-    if (n >= first + 4) {
+    if (n >= first + 4 && !under_valgrind()) {
         uint64_t g1 = at[first + 1] - at[first], g3 = at[first + 3] - at[first + 2];
         if (g3 < g1 * 2)
-            fail_msg("backoff not growing: %llu then %llu ms (ms:%s)", (unsigned long long)g1,
-                     (unsigned long long)g3, sched);
+            FAIL_LATER("backoff not growing: %llu then %llu ms (ms:%s)", (unsigned long long)g1,
+                       (unsigned long long)g3, sched);
     }
     leash_pool_stats s = stats(p);
-    assert_true(s.fast_failures > 100);
-    assert_int_equal(s.connect_failures, (uint64_t)fake.connect_fails);
-    assert_true(s.consecutive_failures >= 4);
-    assert_int_equal(leash_pool_health(p), LEASH_ECONNECT);
+    if (s.fast_failures <= (uint64_t)(100 / slow_factor()))
+        FAIL_LATER("only %llu fast failures while down", (unsigned long long)s.fast_failures);
+    if (s.connect_failures != (uint64_t)fake.connect_fails)
+        FAIL_LATER("connect_failures %llu, the backend saw %d",
+                   (unsigned long long)s.connect_failures, (int)fake.connect_fails);
+    if (s.consecutive_failures < 4)
+        FAIL_LATER("consecutive_failures %u", s.consecutive_failures);
+    if (leash_pool_health(p) != LEASH_ECONNECT)
+        FAIL_LATER("health is not ECONNECT while down");
     const char *msg = leash_last_error();
-    assert_non_null(strstr(msg, "down for"));
-    assert_non_null(strstr(msg, "fake refused"));
     char want[64];
     snprintf(want, sizeof want, "%u connect attempts", s.consecutive_failures);
-    if (!strstr(msg, want))
-        fail_msg("\"%s\" does not say %s", msg, want);
+    if (!strstr(msg, "down for") || !strstr(msg, "fake refused") || !strstr(msg, want))
+        FAIL_LATER("\"%s\" does not say \"down for\", \"fake refused\" and %s", msg, want);
 
     /* recovery: served within the backoff */
     fake_fail_connect = 0;
     recovery_from = now_ms();
     uint64_t r0 = recovery_from;
-    assert_true(WAIT_UNTIL(first_ok != 0, 3000));
-    uint64_t back = first_ok - r0;
+    if (!WAIT_UNTIL(first_ok != 0, 3000))
+        FAIL_LATER("nothing served within 3 s of the backend coming back");
+    uint64_t back = first_ok ? first_ok - r0 : 0;
     int healthy = leash_pool_health(p) == LEASH_OK;
     stop = 1;
     int failed = 0, slow = 0, ok = 0;
@@ -1051,7 +1065,10 @@ static void test_backoff_schedule_and_recovery(void **state)
         if (a[i].worst_fail_ms > worst)
             worst = a[i].worst_fail_ms;
     }
-    if (back > 1200)
+    if (why[0])
+        fail_msg("%s", why);
+#undef FAIL_LATER
+    if (back > 1200 * (uint64_t)slow_factor())
         fail_msg("first acquire served %llu ms after the backend came back",
                  (unsigned long long)back);
     assert_true(healthy);
@@ -1089,7 +1106,8 @@ static void test_backoff_first_step(void **state)
     leash_pool_options o = {.max_size = 4, .max_connecting = 3};
     leash_pool *p = leash_pool_open("ctl-backoff-first", &rec_table, "fake://h", &o);
     fake_fail_connect = 1;
-    fake_connect_delay_ms = 30;
+    fake_connect_delay_ms =
+        30 * slow_factor(); /* all three connects overlap, also under valgrind */
     pthread_barrier_t go;
     pthread_barrier_init(&go, NULL, 3);
     struct one_try a = {p, &go};
@@ -1134,7 +1152,7 @@ static void run_burst(int max_connecting, int want_peak_max)
     char name[32];
     snprintf(name, sizeof name, "ctl-burst-%d", max_connecting);
     leash_pool *p = leash_pool_open(name, &fake_adapter, "fake://h", &o);
-    fake_connect_delay_ms = 20;
+    fake_connect_delay_ms = 20 * slow_factor(); /* connects overlap, also under valgrind */
     struct burst a[32];
     pthread_t t[32];
     for (int i = 0; i < 32; i++) {
