@@ -686,10 +686,14 @@ static leash_pool *fork_pool;
 
 static void child_uses_pool(void *arg)
 {
-    /* the parent's watcher does not exist here: the child's first connect starts its own */
-    leash_handle *h = leash_acquire(fork_pool);
-    if (!h)
+    /* the parent's watcher does not exist here: the child's first connect starts its own
+     * and finds the master from scratch (given 10 s: once, under AddressSanitizer on a
+     * loaded machine, it was still in flight after the pool's 2 s) */
+    leash_handle *h = leash_acquire_for(fork_pool, 10000);
+    if (!h) {
+        fprintf(stderr, "child: acquire failed: %s\n", leash_last_error());
         _exit(10);
+    }
     redisReply *r = leash_redis_command(h, "SET leash:ha:fork %s", "child");
     if (!r || r->type != REDIS_REPLY_STATUS)
         _exit(11);
