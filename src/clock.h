@@ -26,9 +26,9 @@ uint64_t leash__mono_ns(void);
  * invariant (no constant_tsc/nonstop_tsc), or under LEASH_CLOCK=monotonic. */
 void leash__clock_init(void);
 
-/* A reading of the exact clock, in raw units. Async-signal-safe. About 10 ns with the
- * counter, 25 ns with CLOCK_MONOTONIC on a kvm-clock guest. */
-static inline uint64_t leash__clock_raw(void)
+/* The exact clock's reading when it is the time-stamp counter, else 0 (then use
+ * leash__clock_raw): for fast paths that must not call anything. */
+static inline uint64_t leash__clock_tsc(void)
 {
 #if LEASH_HAVE_TSC
     /* relaxed: the mult was published before any pool existed (pairs with nothing that
@@ -36,18 +36,15 @@ static inline uint64_t leash__clock_raw(void)
     if (__builtin_expect(atomic_load_explicit(&leash__clock_mult, memory_order_relaxed) != 0, 1))
         return __rdtsc();
 #endif
-    return leash__mono_ns();
+    return 0;
 }
 
-/* The exact clock's reading when it is the time-stamp counter, else 0 (then use
- * leash__clock_raw): for fast paths that must not call anything. */
-static inline uint64_t leash__clock_tsc(void)
+/* A reading of the exact clock, in raw units. Async-signal-safe. About 10 ns with the
+ * counter, 25 ns with CLOCK_MONOTONIC on a kvm-clock guest. */
+static inline uint64_t leash__clock_raw(void)
 {
-#if LEASH_HAVE_TSC
-    if (__builtin_expect(atomic_load_explicit(&leash__clock_mult, memory_order_relaxed) != 0, 1))
-        return __rdtsc();
-#endif
-    return 0;
+    uint64_t t = leash__clock_tsc();
+    return __builtin_expect(t != 0, 1) ? t : leash__mono_ns();
 }
 
 /* ns in raw units (for comparisons on the fast path without a conversion). */

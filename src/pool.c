@@ -593,27 +593,44 @@ static __attribute__((noinline)) void cached_while_waiting(struct leash_pool *p,
     }
 }
 
-/* Keeps s (returned, clean, owned by the caller) in this thread's cache; the handle that
- * was there goes to its pool's stack. */
-static inline void cache_put(struct leash_pool *p, struct leash_handle *s)
+/* This thread's cache entry takes s (returned, clean, owned by the caller; it becomes CACHED
+ * in recache); the handle the entry held goes to its pool's stack. */
+static inline void cache_hold(struct leash_pool *p, struct leash_handle *s)
 {
     struct leash_cache_entry *ce = &leash__t_cache[p->id % LEASH_CACHE_WAYS];
     uint64_t epoch = atomic_load_explicit(&leash__epoch, memory_order_relaxed);
     struct leash_handle *old = ce->epoch == epoch ? ce->slot : NULL;
-    /* seq_cst: ordered before the nwaiters load below (pairs with the seq_cst increment in
-     * leash__wait_enqueue_locked: a waiter that queued either sees s CACHED when it
-     * steals, or we see it waiting) */
-    uint64_t w = atomic_load_explicit(&s->word, memory_order_relaxed);
-    atomic_store_explicit(&s->word, w_make(w_borrow(w), SLOT_CACHED), memory_order_seq_cst);
     if (LEASH_UNLIKELY(old != s)) {
         ce->slot = s;
         ce->epoch = epoch;
         if (old && slot_cas(old, SLOT_CACHED, SLOT_RETURNING))
             leash__push_idle(old->pool, old);
     }
-    /* A thread that started waiting meanwhile may have missed s: give it to the stack. */
-    if (LEASH_UNLIKELY(atomic_load(&p->nwaiters) != 0))
+}
+
+/* After s became CACHED: a thread that queued meanwhile, a close that began meanwhile. */
+static __attribute__((noinline)) void cached_then(struct leash_pool *p, struct leash_handle *s)
+{
+    if (atomic_load(&p->nwaiters) != 0)
         cached_while_waiting(p, s);
+    if ((atomic_load(&p->attn) & ATTN_CLOSED) && atomic_load(&p->closed))
+        leash__pool_destroy_orphans(p);
+}
+
+/* Puts s (returned, clean, owned by the caller) into this thread's cache entry, which holds
+ * it already (cache_hold). */
+static inline __attribute__((always_inline)) void recache(struct leash_pool *p,
+                                                          struct leash_handle *s, uint64_t now)
+{
+    atomic_store_explicit(&s->idle_since, now, memory_order_relaxed);
+    uint64_t w = atomic_load_explicit(&s->word, memory_order_relaxed);
+    atomic_store_explicit(&s->word, w_make(w_borrow(w), SLOT_CACHED), memory_order_seq_cst);
+    /* seq_cst: ordered before the nwaiters and attn loads (pairs with the seq_cst increment
+     * in leash__wait_enqueue_locked, and with a close, which sets ATTN_CLOSED before its
+     * walk): a waiter that queued first finds s CACHED when it steals, or is seen here and
+     * s goes to the stack for it; a close finds s, or is seen here */
+    if (LEASH_UNLIKELY(atomic_load(&p->nwaiters) != 0 || (atomic_load(&p->attn) & ATTN_CLOSED)))
+        cached_then(p, s);
 }
 
 static void dirty_return(struct leash_pool *p, struct leash_handle *s, int r, int how)
@@ -709,13 +726,15 @@ static __attribute__((noinline)) void give_back_rest(struct leash_pool *p, struc
     }
     if (p->adapter->reset && !reset_kept(p, s, how))
         return;
+    if (LEASH_LIKELY(atomic_load_explicit(&p->nwaiters, memory_order_relaxed) == 0)) {
+        cache_hold(p, s);
+        recache(p, s, released_at);
+        return;
+    }
     atomic_store_explicit(&s->idle_since, released_at, memory_order_relaxed);
-    if (LEASH_LIKELY(atomic_load_explicit(&p->nwaiters, memory_order_relaxed) == 0))
-        cache_put(p, s);
-    else
-        leash__push_idle(p, s);
-    /* seq_cst: after s became CACHED or IDLE, before a close's walk (which sets the bit
-     * first): either the close finds s, or this finds the bit */
+    leash__push_idle(p, s);
+    /* seq_cst: after s became IDLE, before a close's walk (which sets the bit first): either
+     * the close finds s, or this finds the bit */
     if (LEASH_UNLIKELY(atomic_load(&p->attn) & ATTN_CLOSED) && atomic_load(&p->closed))
         leash__pool_destroy_orphans(p);
 }
@@ -783,30 +802,6 @@ static __attribute__((noinline)) void end_borrow(leash_handle **hp, int how, con
            how == END_DISCARD ? "discard of a handle that is not checked out"
                               : "release of a handle that is not checked out (double release, "
                                 "or a stale copy)");
-}
-
-/* What cache_put and give_back_rest do after s became CACHED: a thread that queued
- * meanwhile, a close that began meanwhile. */
-static __attribute__((noinline)) void cached_then(struct leash_pool *p, struct leash_handle *s)
-{
-    if (atomic_load(&p->nwaiters) != 0)
-        cached_while_waiting(p, s);
-    if ((atomic_load(&p->attn) & ATTN_CLOSED) && atomic_load(&p->closed))
-        leash__pool_destroy_orphans(p);
-}
-
-/* Puts s (returned, clean, owned by the caller) back into this thread's cache entry, which
- * holds it already: cache_put for that case. */
-static inline __attribute__((always_inline)) void recache(struct leash_pool *p,
-                                                          struct leash_handle *s, uint64_t now)
-{
-    atomic_store_explicit(&s->idle_since, now, memory_order_relaxed);
-    uint64_t w = atomic_load_explicit(&s->word, memory_order_relaxed);
-    atomic_store_explicit(&s->word, w_make(w_borrow(w), SLOT_CACHED), memory_order_seq_cst);
-    /* seq_cst: as in cache_put and at the end of give_back_rest (a thread queued before the
-     * store finds s CACHED, or is seen here: s goes to the stack for it) */
-    if (LEASH_UNLIKELY(atomic_load(&p->nwaiters) != 0 || (atomic_load(&p->attn) & ATTN_CLOSED)))
-        cached_then(p, s);
 }
 
 /* The adapter's reset, then recache (its own function: the call needs registers kept). */

@@ -52,42 +52,51 @@ void leash__count_problem(struct leash_pool *p, const char *file, int line, cons
     atomic_fetch_add_explicit(&p->sites[i].n[kind], 1, memory_order_relaxed);
 }
 
-/* What s accumulated for its acc_site since then: borrows, wait and hold totals. The bases
- * are at most the numbers (both only grow, a base is an earlier number); the clamp is for a
- * reader that raced a fold, whose result the fold generation discards anyway. */
-static void slot_acc(struct leash_handle *s, uint64_t *acquired, uint64_t *wait, uint64_t *hold)
+/* s's borrow number and wait and hold totals now. */
+struct slot_totals {
+    uint64_t borrows, wait, hold;
+};
+static struct slot_totals slot_totals(struct leash_handle *s)
 {
-    uint64_t bb = ld(&s->acc_base_borrow), bw = ld(&s->acc_base_wait), bh = ld(&s->acc_base_hold);
-    uint64_t b = w_borrow(atomic_load_explicit(&s->word, memory_order_relaxed));
-    uint64_t w = ld(&s->wait_ns_total), h = ld(&s->hold_ns_total);
-    *acquired = b > bb ? b - bb : 0;
-    *wait = w > bw ? w - bw : 0;
-    *hold = h > bh ? h - bh : 0;
+    return (struct slot_totals){w_borrow(atomic_load_explicit(&s->word, memory_order_relaxed)),
+                                ld(&s->wait_ns_total), ld(&s->hold_ns_total)};
 }
 
-/* Called by the slot's owner only, before the borrow that changes its site begins. */
+/* What s accumulated for its acc_site: its totals (also in *now) past the bases, read
+ * first. The bases are at most the totals (both only grow, a base is an earlier total); the
+ * clamp is for a reader that raced a fold, whose result the fold generation discards
+ * anyway. */
+static struct slot_totals slot_acc(struct leash_handle *s, struct slot_totals *now_out)
+{
+    struct slot_totals base = {ld(&s->acc_base_borrow), ld(&s->acc_base_wait),
+                               ld(&s->acc_base_hold)};
+    struct slot_totals now = *now_out = slot_totals(s);
+    return (struct slot_totals){now.borrows > base.borrows ? now.borrows - base.borrows : 0,
+                                now.wait > base.wait ? now.wait - base.wait : 0,
+                                now.hold > base.hold ? now.hold - base.hold : 0};
+}
+
+/* Called by the slot's owner only, before the borrow that changes its site begins: what the
+ * slot accumulated goes to its site's entry, and its totals now are the new bases. */
 void leash__site_flush(struct leash_pool *p, struct leash_handle *s)
 {
     uint32_t i = atomic_load_explicit(&s->acc_site, memory_order_relaxed);
-    uint64_t acquired, wait, hold;
-    slot_acc(s, &acquired, &wait, &hold);
+    struct slot_totals now, acc = slot_acc(s, &now);
     /* Folds in progress are counted, and each completed one moves the generation on, so a
      * reader never counts the numbers twice (in the table and still in the slot) or not at
      * all. Rare: only when a slot changes site. seq_cst: ordered with the reader's loads. */
     atomic_fetch_add(&p->site_busy, 1);
     if (i <= LEASH_SITE_OTHER) {
         struct leash_site *e = &p->sites[i];
-        atomic_fetch_add_explicit(&e->acquired, acquired, memory_order_relaxed);
-        atomic_fetch_add_explicit(&e->wait_total, wait, memory_order_relaxed);
-        atomic_fetch_add_explicit(&e->hold_total, hold, memory_order_relaxed);
+        atomic_fetch_add_explicit(&e->acquired, acc.borrows, memory_order_relaxed);
+        atomic_fetch_add_explicit(&e->wait_total, acc.wait, memory_order_relaxed);
+        atomic_fetch_add_explicit(&e->hold_total, acc.hold, memory_order_relaxed);
         count_max(&e->wait_max, ld(&s->acc_wait_max));
         count_max(&e->hold_max, ld(&s->acc_hold_max));
     }
-    atomic_store_explicit(&s->acc_base_borrow,
-                          w_borrow(atomic_load_explicit(&s->word, memory_order_relaxed)),
-                          memory_order_relaxed);
-    atomic_store_explicit(&s->acc_base_wait, ld(&s->wait_ns_total), memory_order_relaxed);
-    atomic_store_explicit(&s->acc_base_hold, ld(&s->hold_ns_total), memory_order_relaxed);
+    atomic_store_explicit(&s->acc_base_borrow, now.borrows, memory_order_relaxed);
+    atomic_store_explicit(&s->acc_base_wait, now.wait, memory_order_relaxed);
+    atomic_store_explicit(&s->acc_base_hold, now.hold, memory_order_relaxed);
     atomic_store_explicit(&s->acc_wait_max, 0, memory_order_relaxed);
     atomic_store_explicit(&s->acc_hold_max, 0, memory_order_relaxed);
     atomic_fetch_add(&p->site_gen, 1);
@@ -141,11 +150,10 @@ static void site_get_one(struct leash_pool *p, uint32_t i, leash_site_stats *out
     FOR_EACH_SLOT(p, s)
     {
         if (atomic_load_explicit(&s->acc_site, memory_order_relaxed) == i) {
-            uint64_t acquired, wait, hold;
-            slot_acc(s, &acquired, &wait, &hold);
-            out->acquired += acquired;
-            out->wait_ns_total += wait;
-            out->hold_ns_total += hold;
+            struct slot_totals now, acc = slot_acc(s, &now);
+            out->acquired += acc.borrows;
+            out->wait_ns_total += acc.wait;
+            out->hold_ns_total += acc.hold;
             if (ld(&s->acc_wait_max) > out->wait_ns_max)
                 out->wait_ns_max = ld(&s->acc_wait_max);
             if (ld(&s->acc_hold_max) > out->hold_ns_max)

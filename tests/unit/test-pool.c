@@ -453,11 +453,13 @@ static void test_min_idle_kept_warm(void **state)
     assert_invariant(p);
 }
 
-static int one_idle(leash_pool *p)
+/* The entry of ss[0..n) for file:line, or -1. */
+static int site_find(const leash_site_stats *ss, int n, const char *file, int line)
 {
-    leash_pool_stats st;
-    leash_pool_stats_get(p, &st);
-    return st.idle == 1;
+    for (int i = 0; i < n; i++)
+        if (strcmp(ss[i].file, file) == 0 && ss[i].line == line)
+            return i;
+    return -1;
 }
 
 /* Bad input: NULL file and func, line 0, for the first borrow of a connection min_idle made
@@ -469,16 +471,14 @@ static void test_null_call_site_on_a_warmed_slot(void **state)
     (void)state;
     leash_pool_options o = {.min_idle = 1, .max_size = 1};
     leash_pool *p = leash_pool_open("warmnull", &fake_adapter, "fake://h", &o);
-    assert_true(wait_for(p, one_idle, 2000));
+    assert_true(wait_for(p, idle_is_one, 2000));
     leash_handle *h = leash_acquire_at(p, -1, NULL, 0, NULL);
     assert_non_null(h);
     leash_site_stats ss[8];
     int n = leash_pool_sites(p, ss, 8);
-    int q = -1;
-    for (int i = 0; i < n && i < 8; i++)
-        if (strcmp(ss[i].file, "?") == 0 && strcmp(ss[i].func, "?") == 0 && ss[i].line == 0)
-            q = i;
+    int q = site_find(ss, n < 8 ? n : 8, "?", 0);
     assert_true(q >= 0);
+    assert_string_equal(ss[q].func, "?");
     assert_int_equal(ss[q].held_now, 1);
     assert_int_equal(ss[q].acquired, 1);
     void *conn = leash_conn(h);
@@ -486,13 +486,8 @@ static void test_null_call_site_on_a_warmed_slot(void **state)
     h = leash_acquire_at(p, -1, "elsewhere.c", 7, "there");
     assert_ptr_equal(leash_conn(h), conn); /* max_size 1: the same connection */
     n = leash_pool_sites(p, ss, 8);
-    int q2 = -1, e = -1;
-    for (int i = 0; i < n && i < 8; i++) {
-        if (strcmp(ss[i].file, "?") == 0)
-            q2 = i;
-        if (strcmp(ss[i].file, "elsewhere.c") == 0 && ss[i].line == 7)
-            e = i;
-    }
+    int q2 = site_find(ss, n < 8 ? n : 8, "?", 0),
+        e = site_find(ss, n < 8 ? n : 8, "elsewhere.c", 7);
     assert_true(q2 >= 0 && e >= 0);
     assert_int_equal(ss[q2].acquired, 1);
     assert_int_equal(ss[q2].held_now, 0);
